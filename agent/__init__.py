@@ -1,0 +1,1 @@
+"""edgetune: an on-device kernel autotuning agent (import name ``agent``)."""
