@@ -1,0 +1,333 @@
+"""The ``edgetune`` command line: thin wrappers over the library functions of the same name.
+
+Only this module turns errors into messages: an :class:`EdgetuneError` becomes one line
+on stderr and exit status 1; an unexpected exception becomes one line naming it and exit
+status 70 (``--debug`` shows the traceback); Ctrl-C exits 130. Tables go to stdout;
+progress goes to stderr, only on a terminal, and never with ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agent.errors import EdgetuneError
+from agent.settings import Settings
+
+EXIT_ERROR = 1
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+class _Context:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def open_store(self):  # noqa: ANN201 - imported lazily to keep `--help` fast
+        from agent.store import Store
+
+        return Store.open(self.settings.db_path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", type=click.Path(dir_okay=False), envvar="EDGETUNE_DB",
+              help="SQLite store (default: $XDG_STATE_HOME/edgetune/edgetune.db; env EDGETUNE_DB).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.version_option(package_name="edgetune")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
+    """edgetune: on-device kernel autotuning.
+
+    Probe this machine, tune a kernel (compile, verify against a reference, time in an
+    isolated worker), and keep every measurement in a local SQLite store.
+    """
+    settings = Settings.from_environ()
+    if db:
+        settings = replace(settings, db_path=Path(db))
+    ctx.obj = _Context(settings)
+
+
+@cli.command()
+@click.option("--profile", "profile_name", metavar="NAME|PATH",
+              help="Show a device profile from profiles/devices (or a TOML file) instead of probing.")
+@click.option("--no-bandwidth", is_flag=True, help="Skip the memory-bandwidth measurement (faster).")
+@click.option("--save", type=click.Path(dir_okay=False), help="Also write the profile to this TOML file.")
+@click.option("--list", "list_profiles", is_flag=True, help="List the shipped device profiles.")
+@json_option
+@click.pass_obj
+def probe(obj: _Context, profile_name: str | None, no_bandwidth: bool, save: str | None,
+          list_profiles: bool, as_json: bool) -> None:
+    """Describe this machine's hardware (cores, caches, SIMD, bandwidth, compiler)."""
+    from agent import hardware
+
+    if list_profiles:
+        profiles = [hardware.load_profile(p) for p in hardware.list_profiles(hardware.default_profiles_dir())]
+        rows = [{"name": p.name, "model": p.model, "arch": p.arch, "cores": p.logical_cores,
+                 "simd": p.simd_isa, "fingerprint": p.fingerprint()} for p in profiles]
+        _emit(rows, as_json, title="Device profiles")
+        return
+    if profile_name:
+        profile = hardware.load_profile(hardware.find_profile(profile_name, hardware.default_profiles_dir()))
+    else:
+        profile = hardware.probe(measure_bandwidth=not no_bandwidth, compiler=obj.settings.compiler,
+                                 cache_dir=obj.settings.cache_dir)
+    if save:
+        hardware.save_profile(profile, save)
+    data = {**profile.to_dict(), "fingerprint": profile.fingerprint()}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title="Hardware profile", show_header=False)
+    for key, value in data.items():
+        table.add_row(key, _human(key, value))
+    Console().print(table)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def kernels(obj: _Context, as_json: bool) -> None:
+    """List the kernels that can be tuned, their spaces, and how often each was tuned here."""
+    from agent.kernels.problem import parse_shape
+    from agent.kernels.registry import find_kernel, kernel_dirs
+    from agent.kernels.space import Space
+
+    with obj.open_store() as store:
+        tuned: dict[str, int] = {}
+        for row in store.best():
+            tuned[row["kernel"]] = tuned.get(row["kernel"], 0) + 1
+    rows = []
+    for name, directory in sorted(kernel_dirs().items()):
+        spec = find_kernel(str(directory))
+        space = Space.build(parse_shape(spec, None)) if spec.default_shape else None
+        rows.append({
+            "name": name, "key": spec.key,
+            "params": " ".join(f"{p.name}:{p.role}" for p in spec.params),
+            "valid_configs": space.size() if space else None,
+            "shapes": " ".join(spec.shapes), "tuned_shapes": tuned.get(name, 0),
+            "description": spec.description,
+        })
+    _emit(rows, as_json, title="Kernels")
+
+
+@cli.command()
+@click.argument("kernel")
+@click.option("--shape", help="Problem shape, e.g. M=256,N=256,K=256, or a named shape of the kernel.")
+@click.option("--strategy", default="local", show_default=True,
+              help="Search strategy: exhaustive, random or local.")
+@click.option("--budget", default=None,
+              help="Evaluations (e.g. 40) or wall time (30s, 2m); 'all' for no limit. "
+                   "Default: 40, or all for exhaustive.")
+@click.option("--target", default="native", show_default=True,
+              help="-march target: native, x86-64, x86-64-v2, x86-64-v3, armv8-a ...")
+@click.option("--seed", default=0, show_default=True, help="Seed of the search and the inputs.")
+@click.option("--cache", "cache_mode", type=click.Choice(["auto", "cold", "hot"]), default="auto",
+              show_default=True, help="Flush caches between runs: auto = when the data fits in the LLC.")
+@click.option("--timeout", "timeout_s", default=10.0, show_default=True,
+              help="Seconds one run of a candidate may take before it is killed.")
+@json_option
+@click.pass_obj
+def tune(obj: _Context, kernel: str, shape: str | None, strategy: str, budget: str | None,
+         target: str, seed: int, cache_mode: str, timeout_s: float, as_json: bool) -> None:
+    """Tune KERNEL (a name or a path to kernel.toml) for one shape on this machine."""
+    from agent import hardware
+    from agent.bench.compile import Toolchain
+    from agent.kernels.problem import parse_shape
+    from agent.kernels.registry import find_kernel
+    from agent.search import get_strategy
+    from agent.tuner import Budget, TuneOptions
+    from agent.tuner import tune as tune_problem
+
+    get_strategy(strategy)  # reject an unknown name before probing or compiling anything
+    if timeout_s <= 0:
+        raise click.BadParameter("must be positive", param_hint="--timeout")
+    parsed_budget = Budget.parse(budget if budget is not None else
+                                 ("all" if strategy == "exhaustive" else "40"))
+    problem = parse_shape(find_kernel(kernel), shape)
+    profile = hardware.probe(measure_bandwidth=False, compiler=obj.settings.compiler)
+    toolchain = Toolchain.detect(obj.settings.compiler, target, cpu_tag=profile.fingerprint())
+    options = TuneOptions(strategy=strategy, budget=parsed_budget, target=target, seed=seed,
+                          cache=cache_mode, timeout_s=timeout_s)
+    with obj.open_store() as store, _progress(as_json, problem, parsed_budget, strategy) as on_result:
+        result = tune_problem(problem, profile=profile, store=store, toolchain=toolchain,
+                              cache_dir=obj.settings.cache_dir, options=options, on_result=on_result)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    _print_tune_result(result)
+
+
+@cli.command()
+@click.option("--kernel", help="Only this kernel.")
+@json_option
+@click.pass_obj
+def best(obj: _Context, kernel: str | None, as_json: bool) -> None:
+    """Show the best stored configuration per kernel, shape and target on each device."""
+    with obj.open_store() as store:
+        rows = store.best(kernel=kernel)
+    columns = ["kernel", "shape", "target", "config", "median_s", "speedup", "device", "updated_at"]
+    _emit(rows, as_json, title="Best configurations", columns=columns)
+
+
+@cli.command()
+@click.option("--kernel", help="Only this kernel.")
+@click.option("--tuning", "tuning_id", type=int, help="Only runs of this tuning session.")
+@click.option("--status", type=click.Choice(["correct", "compile", "runtime", "timeout",
+                                             "correctness", "constraints"]),
+              help="Only runs with this outcome (T4 vocabulary).")
+@click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
+@json_option
+@click.pass_obj
+def runs(obj: _Context, kernel: str | None, tuning_id: int | None, status: str | None,
+         limit: int, as_json: bool) -> None:
+    """List stored measurements (every candidate, valid or not), newest first."""
+    with obj.open_store() as store:
+        rows = store.runs(kernel=kernel, tuning_id=tuning_id, status=status, limit=limit)
+    columns = ["id", "tuning_id", "kernel", "shape", "config", "status", "median_s", "phase", "reason"]
+    if as_json:
+        for row in rows:
+            row["samples"] = json.loads(row["samples"] or "[]")
+    _emit(rows, as_json, title="Runs", columns=columns)
+
+
+# -- output helpers -------------------------------------------------------------------------
+
+
+def _emit(rows: list[dict[str, Any]], as_json: bool, *, title: str,
+          columns: Sequence[str] | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo(f"{title}: none stored yet.")
+        return
+    columns = list(columns or rows[0].keys())
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_human(c, row.get(c)) for c in columns))
+    Console().print(table)
+
+
+def _human(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and key.endswith("_s"):
+        return _seconds(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, int) and key.endswith("_bytes"):
+        return _bytes(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _seconds(value: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-9:.3g} ns"
+
+
+def _bytes(value: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:g} {unit}"
+    return f"{value} B"
+
+
+class _progress:
+    """A progress bar on stderr (terminal only, not with --json); yields the callback."""
+
+    def __init__(self, quiet: bool, problem: Any, budget: Any, strategy: str) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.total = budget.evaluations
+        self.description = f"{strategy} {problem.spec.name} {problem.key}"
+        self.bar: Progress | None = None
+
+    def __enter__(self):  # noqa: ANN204
+        if not self.enabled:
+            return None
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+                            console=Console(stderr=True), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(self.description, total=self.total, best="-")
+        self.fastest: float | None = None
+
+        def on_result(result: Any, evaluations: int) -> None:
+            if result.median_s is not None and (self.fastest is None or result.median_s < self.fastest):
+                self.fastest = result.median_s
+            assert self.bar is not None
+            self.bar.update(self.task, completed=evaluations,
+                            best=_seconds(self.fastest) if self.fastest else "-")
+
+        return on_result
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _print_tune_result(result: Any) -> None:
+    console = Console()
+    winner = result.winner
+    outcomes = ", ".join(f"{n} {s}" for s, n in sorted(result.outcomes.items()))
+    console.print(f"[bold]{result.kernel}[/] {result.shape} on {result.target}: "
+                  f"{result.evaluations} evaluations ({outcomes}) in {result.wall_s:.1f} s "
+                  f"[dim](tuning #{result.tuning_id}, strategy {result.strategy}, budget {result.budget})[/]")
+    if winner is None:
+        console.print("[red]No valid configuration found[/]: see `edgetune runs --tuning "
+                      f"{result.tuning_id}` for the reasons.")
+        return
+    rate = f", {result.gflops:.1f} GFLOP/s" if result.gflops else ""
+    console.print(f"winner: [bold green]{winner.key}[/]  median {_seconds(winner.median_s)}{rate}")
+    if result.default is not None and result.speedup is not None:
+        console.print(f"default {result.default.key}: median {_seconds(result.default.median_s)}  "
+                      f"-> speed-up [bold]{result.speedup:.2f}x[/]")
+    if result.tie:
+        console.print("[yellow]the runner-up is within 2% of the winner: treat them as tied[/]")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns (and exits with) the status code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="edgetune",
+                 standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("edgetune: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except EdgetuneError as exc:
+        click.echo(f"edgetune: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        click.echo("edgetune: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        click.echo(f"edgetune: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+                   err=True)
+        sys.exit(EXIT_INTERNAL)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The SQLite store: devices, kernels, tuning sessions, every measurement, and the best configs.
+
+One file, WAL mode, every write in its own transaction, schema changes as named
+migrations (sqlite-utils ``Migrations``). A ``kill -9`` at any point leaves every
+committed run readable; at most the run being written is lost.
+
+Tables (status values follow the T4 tuning-results vocabulary):
+
+- ``devices``  fingerprint -> hardware profile (JSON)
+- ``kernels``  kernel key (name + hash of source, spec, reference) -> space (JSON)
+- ``tunings``  one ``edgetune tune`` session: strategy, budget, winner, speed-up
+- ``runs``     one measured (or rejected) candidate: config, status, reason, samples, median
+- ``best``     per (device, kernel key, shape, target): the current best configuration
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from agent.errors import StoreError
+from agent.kernels.space import config_key
+
+__all__ = ["INVALIDITY", "RunRecord", "Store", "utc_now"]
+
+# T4's "invalidity" vocabulary: why a configuration has no valid time.
+INVALIDITY = ("correct", "compile", "runtime", "timeout", "correctness", "constraints")
+
+migrations = Migrations("edgetune")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["devices"].create(
+        {"fingerprint": str, "name": str, "arch": str, "model": str, "profile": str,
+         "first_seen": str, "last_seen": str},
+        pk="fingerprint",
+    )
+    db["kernels"].create(
+        {"key": str, "name": str, "source_hash": str, "space": str, "origin": str, "created_at": str},
+        pk="key",
+    )
+    db["tunings"].create(
+        {"id": int, "device": str, "kernel_key": str, "kernel": str, "shape": str, "target": str,
+         "compiler": str, "strategy": str, "budget": str, "seed": int, "state": str,
+         "started_at": str, "finished_at": str, "evaluations": int, "wall_s": float,
+         "winner_run": int, "winner_config": str, "winner_median_s": float,
+         "default_median_s": float, "speedup": float, "tie": int},
+        pk="id",
+        foreign_keys=[("device", "devices", "fingerprint"), ("kernel_key", "kernels", "key")],
+    )
+    db["runs"].create(
+        {"id": int, "tuning_id": int, "device": str, "kernel_key": str, "kernel": str,
+         "shape": str, "config": str, "config_json": str, "target": str, "compiler": str,
+         "flags": str, "strategy": str, "phase": str, "status": str, "reason": str,
+         "median_s": float, "samples": str, "compile_s": float, "created_at": str},
+        pk="id",
+        foreign_keys=[("tuning_id", "tunings", "id")],
+    )
+    db["runs"].create_index(["device", "kernel_key", "shape"])
+    db["runs"].create_index(["tuning_id"])
+    db["best"].create(
+        {"device": str, "kernel_key": str, "shape": str, "target": str, "kernel": str,
+         "config": str, "config_json": str, "median_s": float, "speedup": float,
+         "run_id": int, "tuning_id": int, "updated_at": str},
+        pk=("device", "kernel_key", "shape", "target"),
+    )
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One candidate's outcome, as stored in ``runs``."""
+
+    tuning_id: int | None
+    device: str
+    kernel_key: str
+    kernel: str
+    shape: str
+    config: Mapping[str, Any]
+    target: str
+    compiler: str
+    flags: tuple[str, ...]
+    strategy: str
+    status: str
+    reason: str = ""
+    samples: tuple[float, ...] = ()
+    median_s: float | None = None
+    compile_s: float | None = None
+    phase: str = "search"
+    created_at: str = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        if self.status not in INVALIDITY:
+            raise ValueError(f"status {self.status!r} is not one of {INVALIDITY}")
+
+
+class Store:
+    """The device's tuning database. Open with ``Store.open(path)``; use as a context manager."""
+
+    def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        """Open (creating if needed) and migrate the store at ``path``."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=30.0)
+            db = sqlite_utils.Database(conn)
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.enable_wal()
+            db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: only the last commits can be lost on power loss, never corruption
+            db.execute("PRAGMA foreign_keys = ON")
+            migrations.apply(db)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot create the store at {path}: {exc.strerror or exc}") from None
+        return cls(db, path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        """One transaction; sqlite errors become StoreError and nothing is half-written."""
+        try:
+            with self.db.atomic():
+                yield self.db
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to the store at {self.path}: {exc}") from None
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def upsert_device(self, fingerprint: str, profile: Mapping[str, Any]) -> None:
+        now = utc_now()
+        with self._write() as db:
+            table = db["devices"]
+            existing = next(table.rows_where("fingerprint = ?", [fingerprint]), None)
+            record = {
+                "fingerprint": fingerprint,
+                "name": profile.get("name", ""),
+                "arch": profile.get("arch", ""),
+                "model": profile.get("model", ""),
+                "profile": json.dumps(dict(profile), sort_keys=True),
+                "first_seen": existing["first_seen"] if existing else now,
+                "last_seen": now,
+            }
+            table.upsert(record, pk="fingerprint")
+
+    def upsert_kernel(self, key: str, name: str, source_hash: str, space: Mapping[str, Any],
+                      origin: str) -> None:
+        with self._write() as db:
+            if next(db["kernels"].rows_where("key = ?", [key]), None) is None:
+                db["kernels"].insert({"key": key, "name": name, "source_hash": source_hash,
+                                      "space": json.dumps(space, sort_keys=True),
+                                      "origin": origin, "created_at": utc_now()})
+
+    def start_tuning(self, *, device: str, kernel_key: str, kernel: str, shape: str, target: str,
+                     compiler: str, strategy: str, budget: str, seed: int) -> int:
+        with self._write() as db:
+            table = db["tunings"]
+            table.insert({
+                "device": device, "kernel_key": kernel_key, "kernel": kernel, "shape": shape,
+                "target": target, "compiler": compiler, "strategy": strategy, "budget": budget,
+                "seed": seed, "state": "running", "started_at": utc_now(),
+            })
+            return int(table.last_pk)
+
+    def add_run(self, run: RunRecord) -> int:
+        """Store one candidate's outcome in its own transaction; returns the run id."""
+        with self._write() as db:
+            table = db["runs"]
+            table.insert({
+                "tuning_id": run.tuning_id, "device": run.device, "kernel_key": run.kernel_key,
+                "kernel": run.kernel, "shape": run.shape,
+                "config": config_key(run.config),
+                "config_json": json.dumps(dict(run.config), sort_keys=True),
+                "target": run.target, "compiler": run.compiler, "flags": " ".join(run.flags),
+                "strategy": run.strategy, "phase": run.phase, "status": run.status,
+                "reason": run.reason, "median_s": run.median_s,
+                "samples": json.dumps(list(run.samples)), "compile_s": run.compile_s,
+                "created_at": run.created_at,
+            })
+            return int(table.last_pk)
+
+    def finish_tuning(self, tuning_id: int, *, evaluations: int, wall_s: float,
+                      winner_run: int | None, winner_config: Mapping[str, Any] | None,
+                      winner_median_s: float | None, default_median_s: float | None,
+                      speedup: float | None, tie: bool) -> None:
+        """Close a tuning session and, when it found a winner, make it the device's best."""
+        now = utc_now()
+        with self._write() as db:
+            db["tunings"].update(tuning_id, {
+                "state": "finished", "finished_at": now, "evaluations": evaluations,
+                "wall_s": wall_s, "winner_run": winner_run,
+                "winner_config": json.dumps(dict(winner_config), sort_keys=True) if winner_config else None,
+                "winner_median_s": winner_median_s, "default_median_s": default_median_s,
+                "speedup": speedup, "tie": int(tie),
+            })
+            if winner_config is None or winner_run is None:
+                return
+            tuning = db["tunings"].get(tuning_id)
+            db["best"].upsert({
+                "device": tuning["device"], "kernel_key": tuning["kernel_key"],
+                "shape": tuning["shape"], "target": tuning["target"], "kernel": tuning["kernel"],
+                "config": config_key(winner_config),
+                "config_json": json.dumps(dict(winner_config), sort_keys=True),
+                "median_s": winner_median_s, "speedup": speedup, "run_id": winner_run,
+                "tuning_id": tuning_id, "updated_at": now,
+            }, pk=("device", "kernel_key", "shape", "target"))
+
+    def fail_tuning(self, tuning_id: int, state: str) -> None:
+        """Mark a session that ended without a result (``failed`` or ``interrupted``)."""
+        with self._write() as db:
+            db["tunings"].update(tuning_id, {"state": state, "finished_at": utc_now()})
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def best(self, *, kernel: str | None = None, device: str | None = None) -> list[dict[str, Any]]:
+        return self._select("best", {"kernel": kernel, "device": device}, "kernel, shape")
+
+    def runs(self, *, kernel: str | None = None, device: str | None = None,
+             tuning_id: int | None = None, status: str | None = None,
+             limit: int = 50) -> list[dict[str, Any]]:
+        where = {"kernel": kernel, "device": device, "tuning_id": tuning_id, "status": status}
+        return self._select("runs", where, "id desc", limit)
+
+    def tunings(self, *, kernel: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return self._select("tunings", {"kernel": kernel}, "id desc", limit)
+
+    def kernels(self) -> list[dict[str, Any]]:
+        return self._select("kernels", {}, "name, created_at")
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self._select("devices", {}, "last_seen desc")
+
+    def count(self, table: str) -> int:
+        return self.db[table].count
+
+    def _select(self, table: str, where: Mapping[str, Any], order_by: str,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        clauses = [f"[{k}] = ?" for k, v in where.items() if v is not None]
+        params = [v for v in where.values() if v is not None]
+        try:
+            return list(self.db[table].rows_where(" and ".join(clauses) or None, params,
+                                                  order_by=order_by, limit=limit))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {table} from {self.path}: {exc}") from None

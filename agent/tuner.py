@@ -1,0 +1,343 @@
+"""The tuning loop: one evaluator that every search strategy goes through, and ``tune()``.
+
+The evaluator enforces the budget, de-duplicates, checks constraints, compiles in
+parallel (and only then measures, with nothing else running), verifies every candidate
+against the reference in the isolated worker, times the valid ones interleaved, and
+stores every outcome, valid or not, in its own transaction.
+
+``tune()`` measures the kernel's default first (the baseline), runs the strategy, then
+re-measures the best few together with the default, interleaved, to name the winner and
+its speed-up honestly.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agent.bench.compile import Toolchain, compile_many
+from agent.bench.measure import TIE_RATIO, Measurement, MeasureSettings, measure_interleaved
+from agent.bench.session import CandidateFailed, WorkerSession
+from agent.errors import ConfigError
+from agent.hardware import HardwareProfile
+from agent.kernels.problem import Problem
+from agent.kernels.space import Config, Space, config_key
+from agent.search import get_strategy
+from agent.store import RunRecord, Store
+
+__all__ = ["Budget", "CandidateResult", "Evaluator", "TuneOptions", "TuneResult", "tune"]
+
+CACHE_MODES = ("auto", "cold", "hot")
+FINALISTS = 3
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a search may spend: a number of evaluations, seconds, or both (None = no limit)."""
+
+    evaluations: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> Budget:
+        """``"50"`` evaluations, ``"30s"`` or ``"2m"`` of wall time, ``None`` or ``"all"`` unlimited."""
+        if text is None or text.strip().lower() in ("", "all", "none"):
+            return cls()
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m)?\s*", text.lower())
+        if not match:
+            raise ConfigError(f"budget {text!r}: use a number of evaluations (50) or a time (30s, 2m)")
+        number, unit = float(match.group(1)), match.group(2)
+        if number <= 0:
+            raise ConfigError(f"budget {text!r} must be positive")
+        if unit is None:
+            if not number.is_integer():
+                raise ConfigError(f"budget {text!r}: a number of evaluations is a whole number")
+            return cls(evaluations=int(number))
+        return cls(seconds=number * (60 if unit == "m" else 1))
+
+    def __str__(self) -> str:
+        parts = []
+        if self.evaluations is not None:
+            parts.append(str(self.evaluations))
+        if self.seconds is not None:
+            parts.append(f"{self.seconds:g}s")
+        return "+".join(parts) or "all"
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """Everything a tuning run can be told; defaults suit a quick run on a small device."""
+
+    strategy: str = "local"
+    budget: Budget = field(default_factory=lambda: Budget(evaluations=40))
+    target: str = "native"
+    seed: int = 0
+    cache: str = "auto"  # auto: flush caches when the working set fits in the LLC
+    timeout_s: float = 10.0  # per candidate run
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+    batch_size: int = 8
+    jobs: int | None = None  # parallel compiles; None = one per core
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One configuration's outcome in this tuning run."""
+
+    config: Config
+    status: str  # T4 invalidity: correct, compile, runtime, timeout, correctness, constraints
+    reason: str = ""
+    samples: tuple[float, ...] = ()
+    median_s: float | None = None
+    compile_s: float | None = None
+    run_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        return config_key(self.config)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What a tuning run found; ``to_dict()`` is what ``--json`` prints."""
+
+    tuning_id: int
+    kernel: str
+    kernel_key: str
+    shape: str
+    target: str
+    strategy: str
+    budget: str
+    device: str
+    winner: CandidateResult | None
+    default: CandidateResult | None
+    speedup: float | None
+    tie: bool
+    evaluations: int
+    outcomes: Mapping[str, int]
+    wall_s: float
+    gflops: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcomes"] = dict(self.outcomes)
+        return data
+
+
+ProgressCallback = Callable[[CandidateResult, int], None]
+
+
+class Evaluator:
+    """The one path from a proposed configuration to a stored measurement."""
+
+    def __init__(self, *, space: Space, toolchain: Toolchain, session: WorkerSession,
+                 store: Store, tuning_id: int, device: str, strategy: str, options: TuneOptions,
+                 cache_dir: Path, on_result: ProgressCallback | None = None) -> None:
+        self.space = space
+        self.problem = space.problem
+        self.toolchain = toolchain
+        self.session = session
+        self.store = store
+        self.tuning_id = tuning_id
+        self.device = device
+        self.strategy = strategy
+        self.options = options
+        self.cache_dir = cache_dir
+        self.on_result = on_result
+        self.results: dict[str, CandidateResult] = {}
+        self.evaluations = 0  # candidates that reached the compiler
+        self.rng = random.Random(options.seed)
+        self.started = time.monotonic()
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
+
+    @property
+    def remaining_evaluations(self) -> int | None:
+        limit = self.options.budget.evaluations
+        return None if limit is None else max(0, limit - self.evaluations)
+
+    @property
+    def exhausted(self) -> bool:
+        budget = self.options.budget
+        if budget.evaluations is not None and self.evaluations >= budget.evaluations:
+            return True
+        return budget.seconds is not None and time.monotonic() - self.started >= budget.seconds
+
+    def seen(self, config: Mapping[str, Any]) -> bool:
+        return config_key(config) in self.results
+
+    @staticmethod
+    def time_of(result: CandidateResult) -> float | None:
+        return result.median_s if result.status == "correct" else None
+
+    def best(self) -> list[CandidateResult]:
+        """Valid results, fastest first."""
+        valid = [r for r in self.results.values() if r.median_s is not None and r.status == "correct"]
+        return sorted(valid, key=lambda r: r.median_s or 0.0)
+
+    def evaluate(self, configs: Sequence[Mapping[str, Any]]) -> list[CandidateResult]:
+        """Evaluate configurations not seen yet (within budget); returns results for all known ones."""
+        fresh: list[Config] = []
+        for config in configs:
+            full = self.space.check(config)
+            if config_key(full) in self.results or any(config_key(f) == config_key(full) for f in fresh):
+                continue
+            violated = self.space.violated(full)
+            if violated is not None:
+                self._record(CandidateResult(full, "constraints", f"violates {violated}"))
+                continue
+            if self.exhausted or (self.remaining_evaluations is not None
+                                  and len(fresh) >= self.remaining_evaluations):
+                break
+            fresh.append(full)
+        if fresh:
+            self.evaluations += len(fresh)
+            self._evaluate_fresh(fresh)
+        return [self.results[k] for k in (config_key(self.space.check(c)) for c in configs)
+                if k in self.results]
+
+    def _evaluate_fresh(self, configs: list[Config]) -> None:
+        builds = compile_many(self.problem.spec, configs, self.toolchain, self.cache_dir,
+                              jobs=self.options.jobs)
+        verified: dict[str, tuple[Config, float]] = {}
+        for config, build in zip(configs, builds):
+            key = config_key(config)
+            if build.library is None:
+                self._record(CandidateResult(config, "compile", build.error, compile_s=build.seconds))
+                continue
+            try:
+                self.session.load(key, build.library)
+                self.session.verify(key)
+            except CandidateFailed as exc:
+                self._record(CandidateResult(config, exc.status, exc.reason, compile_s=build.seconds))
+                continue
+            verified[key] = (config, build.seconds)
+        measured = measure_interleaved(self.session, list(verified), self.options.measure, self.rng)
+        for key, (config, compile_s) in verified.items():
+            self._record(_from_measurement(config, measured[key], compile_s))
+            self.session.forget(key)
+
+    def measure_finalists(self, finalists: Sequence[CandidateResult]) -> list[CandidateResult]:
+        """Re-measure finalists together, interleaved, with a longer budget; stored as phase 'final'."""
+        ids = {}
+        for result in finalists:
+            build = compile_many(self.problem.spec, [result.config], self.toolchain, self.cache_dir)[0]
+            if build.library is None:
+                continue
+            try:
+                self.session.load(result.key, build.library)
+            except CandidateFailed:
+                continue
+            ids[result.key] = result
+        settings = replace(self.options.measure, min_runs=max(10, self.options.measure.min_runs),
+                           budget_s=self.options.measure.budget_s * 2, prune_ratio=float("inf"))
+        measured = measure_interleaved(self.session, list(ids), settings, self.rng)
+        final = []
+        for key, result in ids.items():
+            candidate = _from_measurement(result.config, measured[key], result.compile_s)
+            final.append(self._store(candidate, phase="final"))
+            self.session.forget(key)
+        return final
+
+    def _record(self, result: CandidateResult) -> None:
+        stored = self._store(result, phase="search")
+        self.results[stored.key] = stored
+        if self.on_result is not None:
+            self.on_result(stored, self.evaluations)
+
+    def _store(self, result: CandidateResult, phase: str) -> CandidateResult:
+        run_id = self.store.add_run(RunRecord(
+            tuning_id=self.tuning_id, device=self.device, kernel_key=self.problem.spec.key,
+            kernel=self.problem.spec.name, shape=self.problem.key, config=result.config,
+            target=self.toolchain.target, compiler=self.toolchain.version,
+            flags=self.toolchain.flags, strategy=self.strategy, status=result.status,
+            reason=result.reason, samples=result.samples, median_s=result.median_s,
+            compile_s=result.compile_s, phase=phase,
+        ))
+        return replace(result, run_id=run_id)
+
+
+def _from_measurement(config: Config, measurement: Measurement, compile_s: float | None) -> CandidateResult:
+    return CandidateResult(config=config, status=measurement.status, reason=measurement.reason,
+                           samples=measurement.samples,
+                           median_s=measurement.median if measurement.status == "correct" else None,
+                           compile_s=compile_s)
+
+
+def flush_bytes_for(problem: Problem, profile: HardwareProfile, mode: str) -> tuple[bool, int]:
+    """Whether to flush caches between runs, and the size of the buffer that does it."""
+    if mode not in CACHE_MODES:
+        raise ConfigError(f"cache mode {mode!r}: choose one of {', '.join(CACHE_MODES)}")
+    llc = profile.l3_bytes or profile.l2_bytes or 8 * 2**20
+    flush = mode == "cold" or (mode == "auto" and problem.nbytes <= llc)
+    return flush, (max(2 * llc, 8 * 2**20) if flush else 0)
+
+
+def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain: Toolchain,
+         cache_dir: Path, options: TuneOptions = TuneOptions(),
+         on_result: ProgressCallback | None = None) -> TuneResult:
+    """Tune ``problem`` on this device with ``options.strategy``; every outcome is stored."""
+    search = get_strategy(options.strategy)
+    spec = problem.spec
+    space = Space.build(problem, max_threads=profile.logical_cores)
+    started = time.monotonic()
+    device = profile.fingerprint()
+    store.upsert_device(device, profile.to_dict())
+    store.upsert_kernel(spec.key, spec.name, spec.source_hash, spec.space_summary(), str(spec.directory))
+    tuning_id = store.start_tuning(device=device, kernel_key=spec.key, kernel=spec.name,
+                                   shape=problem.key, target=toolchain.target,
+                                   compiler=toolchain.version, strategy=options.strategy,
+                                   budget=str(options.budget), seed=options.seed)
+    flush, flush_bytes = flush_bytes_for(problem, profile, options.cache)
+    measure = replace(options.measure, flush=flush)
+    options = replace(options, measure=measure)
+    try:
+        with WorkerSession(spec.spec_path, problem.shape, seed=options.seed,
+                           flush_bytes=flush_bytes, timeout_s=options.timeout_s) as session:
+            evaluator = Evaluator(space=space, toolchain=toolchain, session=session, store=store,
+                                  tuning_id=tuning_id, device=device, strategy=options.strategy,
+                                  options=options, cache_dir=cache_dir / "build", on_result=on_result)
+            default = space.default()
+            if space.is_valid(default):
+                evaluator.evaluate([default])
+            search(evaluator, space, random.Random(options.seed))
+            default_result = evaluator.results.get(config_key(default))
+            finalists = evaluator.best()[:FINALISTS]
+            if default_result is not None and default_result.status == "correct" and \
+                    default_result.key not in {f.key for f in finalists}:
+                finalists.append(default_result)
+            final = evaluator.measure_finalists(finalists) if finalists else []
+    except BaseException:
+        store.fail_tuning(tuning_id, "interrupted")
+        raise
+    ranked = sorted((f for f in final if f.median_s is not None), key=lambda r: r.median_s or 0.0)
+    winner = ranked[0] if ranked else None
+    final_default = next((f for f in final if f.key == config_key(default)), None)
+    speedup = (final_default.median_s / winner.median_s
+               if winner and final_default and final_default.median_s and winner.median_s else None)
+    tie = bool(len(ranked) > 1 and ranked[1].median_s and winner and winner.median_s
+               and ranked[1].median_s <= winner.median_s * (1 + TIE_RATIO))
+    wall_s = time.monotonic() - started
+    store.finish_tuning(
+        tuning_id, evaluations=evaluator.evaluations, wall_s=wall_s,
+        winner_run=winner.run_id if winner else None, winner_config=winner.config if winner else None,
+        winner_median_s=winner.median_s if winner else None,
+        default_median_s=final_default.median_s if final_default else None, speedup=speedup, tie=tie,
+    )
+    outcomes = Counter(r.status for r in evaluator.results.values())
+    gflops = None
+    if winner and winner.median_s and spec.flops is not None:
+        gflops = float(spec.flops.evaluate(problem.shape)) / winner.median_s / 1e9
+    return TuneResult(
+        tuning_id=tuning_id, kernel=spec.name, kernel_key=spec.key, shape=problem.key,
+        target=toolchain.target, strategy=options.strategy, budget=str(options.budget),
+        device=device, winner=winner, default=final_default, speedup=speedup, tie=tie,
+        evaluations=evaluator.evaluations, outcomes=dict(outcomes), wall_s=wall_s, gflops=gflops,
+    )

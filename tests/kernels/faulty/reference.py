@@ -1,0 +1,2 @@
+def faulty(x, N):
+    return x + 1.0

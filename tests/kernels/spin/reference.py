@@ -1,0 +1,2 @@
+def spin(x, N):
+    return 2.0 * x
