@@ -136,15 +136,19 @@ def kernels(obj: _Context, as_json: bool) -> None:
               show_default=True, help="Flush caches between runs: auto = when the data fits in the LLC.")
 @click.option("--timeout", "timeout_s", default=10.0, show_default=True,
               help="Seconds one run of a candidate may take before it is killed.")
+@click.option("--config", "configs", multiple=True, metavar="NAME=VALUE,...",
+              help="Measure exactly this configuration (repeatable) against the default, no search.")
 @json_option
 @click.pass_obj
 def tune(obj: _Context, kernel: str, shape: str | None, strategy: str, budget: str | None,
-         target: str, seed: int, cache_mode: str, timeout_s: float, as_json: bool) -> None:
+         target: str, seed: int, cache_mode: str, timeout_s: float, configs: tuple[str, ...],
+         as_json: bool) -> None:
     """Tune KERNEL (a name or a path to kernel.toml) for one shape on this machine."""
     from agent import hardware
     from agent.bench.compile import Toolchain
     from agent.kernels.problem import parse_shape
     from agent.kernels.registry import find_kernel
+    from agent.kernels.space import Space, parse_config
     from agent.search import get_strategy
     from agent.tuner import Budget, TuneOptions
     from agent.tuner import tune as tune_problem
@@ -155,10 +159,11 @@ def tune(obj: _Context, kernel: str, shape: str | None, strategy: str, budget: s
     parsed_budget = Budget.parse(budget if budget is not None else
                                  ("all" if strategy == "exhaustive" else "40"))
     problem = parse_shape(find_kernel(kernel), shape)
+    requested = tuple(Space.build(problem).check(parse_config(c)) for c in configs)
     profile = hardware.probe(measure_bandwidth=False, compiler=obj.settings.compiler)
     toolchain = Toolchain.detect(obj.settings.compiler, target, cpu_tag=profile.fingerprint())
     options = TuneOptions(strategy=strategy, budget=parsed_budget, target=target, seed=seed,
-                          cache=cache_mode, timeout_s=timeout_s)
+                          cache=cache_mode, timeout_s=timeout_s, configs=requested)
     with obj.open_store() as store, _progress(as_json, problem, parsed_budget, strategy) as on_result:
         result = tune_problem(problem, profile=profile, store=store, toolchain=toolchain,
                               cache_dir=obj.settings.cache_dir, options=options, on_result=on_result)

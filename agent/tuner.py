@@ -83,6 +83,7 @@ class TuneOptions:
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     batch_size: int = 8
     jobs: int | None = None  # parallel compiles; None = one per core
+    configs: tuple[Mapping[str, Any], ...] = ()  # measure exactly these instead of searching
 
 
 @dataclass(frozen=True)
@@ -287,13 +288,15 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
     search = get_strategy(options.strategy)
     spec = problem.spec
     space = Space.build(problem, max_threads=profile.logical_cores)
+    requested = [space.check(c) for c in options.configs]  # bad names/values fail before any work
+    strategy = "manual" if requested else options.strategy
     started = time.monotonic()
     device = profile.fingerprint()
     store.upsert_device(device, profile.to_dict())
     store.upsert_kernel(spec.key, spec.name, spec.source_hash, spec.space_summary(), str(spec.directory))
     tuning_id = store.start_tuning(device=device, kernel_key=spec.key, kernel=spec.name,
                                    shape=problem.key, target=toolchain.target,
-                                   compiler=toolchain.version, strategy=options.strategy,
+                                   compiler=toolchain.version, strategy=strategy,
                                    budget=str(options.budget), seed=options.seed)
     flush, flush_bytes = flush_bytes_for(problem, profile, options.cache)
     measure = replace(options.measure, flush=flush)
@@ -302,12 +305,15 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
         with WorkerSession(spec.spec_path, problem.shape, seed=options.seed,
                            flush_bytes=flush_bytes, timeout_s=options.timeout_s) as session:
             evaluator = Evaluator(space=space, toolchain=toolchain, session=session, store=store,
-                                  tuning_id=tuning_id, device=device, strategy=options.strategy,
+                                  tuning_id=tuning_id, device=device, strategy=strategy,
                                   options=options, cache_dir=cache_dir / "build", on_result=on_result)
             default = space.default()
             if space.is_valid(default):
                 evaluator.evaluate([default])
-            search(evaluator, space, random.Random(options.seed))
+            if requested:
+                evaluator.evaluate(requested)
+            else:
+                search(evaluator, space, random.Random(options.seed))
             default_result = evaluator.results.get(config_key(default))
             finalists = evaluator.best()[:FINALISTS]
             if default_result is not None and default_result.status == "correct" and \
@@ -337,7 +343,7 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
         gflops = float(spec.flops.evaluate(problem.shape)) / winner.median_s / 1e9
     return TuneResult(
         tuning_id=tuning_id, kernel=spec.name, kernel_key=spec.key, shape=problem.key,
-        target=toolchain.target, strategy=options.strategy, budget=str(options.budget),
+        target=toolchain.target, strategy=strategy, budget=str(options.budget),
         device=device, winner=winner, default=final_default, speedup=speedup, tie=tie,
         evaluations=evaluator.evaluations, outcomes=dict(outcomes), wall_s=wall_s, gflops=gflops,
     )

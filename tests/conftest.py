@@ -1,0 +1,56 @@
+"""Shared fixtures: a real compiler, a real worker process, a real SQLite file per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.bench.compile import Toolchain
+from agent.hardware import HardwareProfile, probe
+from agent.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_KERNELS = Path(__file__).resolve().parent / "kernels"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compile cache for the whole run: each test still compiles what it needs once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def profile() -> HardwareProfile:
+    return probe(measure_bandwidth=False)
+
+
+@pytest.fixture(scope="session")
+def toolchain(profile: HardwareProfile) -> Toolchain:
+    return Toolchain.detect("cc", "native", cpu_tag=profile.fingerprint())
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "edgetune.db"
+
+
+@pytest.fixture
+def store(db_path: Path):
+    with Store.open(db_path) as opened:
+        yield opened
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real ``edgetune`` entry point in a child process."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, check=False)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, cache_dir: Path) -> dict[str, str]:
+    return {"EDGETUNE_DB": str(tmp_path / "cli.db"), "EDGETUNE_CACHE": str(cache_dir)}

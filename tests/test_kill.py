@@ -1,0 +1,59 @@
+"""A tuning run killed with SIGKILL leaves a store that opens and keeps every committed run."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.store import Store
+
+from .conftest import ROOT, run_cli
+
+
+def committed_runs(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("select count(*) from runs").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_kill_9_mid_tuning_loses_no_committed_run(tmp_path: Path, cache_dir: Path):
+    db = tmp_path / "killed.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGETUNE_DB": str(db), "EDGETUNE_CACHE": str(cache_dir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "tune", "gemm", "--shape", "M=48,N=48,K=48",
+         "--strategy", "exhaustive"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        seen = 0
+        while seen < 12 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            seen = committed_runs(db)
+        assert process.poll() is None, "the tuning run ended before it could be killed"
+        assert seen >= 12, "the tuning run committed too few runs to test"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the CLI and its benchmark worker
+        process.wait(timeout=30)
+
+    with Store.open(db) as store:
+        assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert store.count("runs") >= seen
+        assert store.tunings()[0]["state"] == "running"  # killed: never marked finished
+    # The same store takes the next run.
+    result = run_cli("tune", "gemm", "--shape", "M=16,N=16,K=16", "--budget", "3", "--json",
+                     env={"EDGETUNE_DB": str(db), "EDGETUNE_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr
+    with Store.open(db) as store:
+        assert store.count("runs") > seen
+        assert store.tunings()[0]["state"] == "finished"
