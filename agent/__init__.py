@@ -1,1 +1,53 @@
-"""edgetune: an on-device kernel autotuning agent (import name ``agent``)."""
+"""edgetune: an on-device kernel autotuning agent (import name ``agent``).
+
+The public API is what ``__all__`` lists; everything else is an implementation module.
+The data flows: probe (``agent.hardware``) -> space (``agent.kernels``) -> benchmark
+(``agent.bench``) -> search and tune (``agent.search``, ``agent.tuner``) -> store.
+"""
+
+from agent.errors import (
+    ConfigError,
+    EdgetuneError,
+    ExpressionError,
+    KernelNotFound,
+    ProbeError,
+    ShapeError,
+    SpecError,
+    StoreError,
+    ToolchainError,
+    WorkerError,
+)
+from agent.hardware import HardwareProfile, load_profile, probe
+from agent.kernels.problem import Problem, parse_shape
+from agent.kernels.registry import find_kernel
+from agent.kernels.space import Space
+from agent.kernels.spec import KernelSpec, load_spec
+from agent.store import Store
+from agent.tuner import Budget, TuneOptions, TuneResult, tune
+
+__all__ = [
+    "Budget",
+    "ConfigError",
+    "EdgetuneError",
+    "ExpressionError",
+    "HardwareProfile",
+    "KernelNotFound",
+    "KernelSpec",
+    "ProbeError",
+    "Problem",
+    "ShapeError",
+    "Space",
+    "SpecError",
+    "Store",
+    "StoreError",
+    "ToolchainError",
+    "TuneOptions",
+    "TuneResult",
+    "WorkerError",
+    "find_kernel",
+    "load_profile",
+    "load_spec",
+    "parse_shape",
+    "probe",
+    "tune",
+]

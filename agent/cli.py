@@ -34,7 +34,7 @@ class _Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def open_store(self):  # noqa: ANN201 - imported lazily to keep `--help` fast
+    def open_store(self):
         from agent.store import Store
 
         return Store.open(self.settings.db_path)
@@ -263,7 +263,7 @@ class _progress:
         self.description = f"{strategy} {problem.spec.name} {problem.key}"
         self.bar: Progress | None = None
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         if not self.enabled:
             return None
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -124,7 +124,8 @@ class Store:
             db = sqlite_utils.Database(conn)
             db.execute("PRAGMA busy_timeout = 30000")
             db.enable_wal()
-            db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: only the last commits can be lost on power loss, never corruption
+            # Safe with WAL: power loss may drop the last commits, never corrupt the file.
+            db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
             migrations.apply(db)
         except sqlite3.DatabaseError as exc:

@@ -208,7 +208,7 @@ class Evaluator:
         builds = compile_many(self.problem.spec, configs, self.toolchain, self.cache_dir,
                               jobs=self.options.jobs)
         verified: dict[str, tuple[Config, float]] = {}
-        for config, build in zip(configs, builds):
+        for config, build in zip(configs, builds, strict=True):
             key = config_key(config)
             if build.library is None:
                 self._record(CandidateResult(config, "compile", build.error, compile_s=build.seconds))

@@ -85,7 +85,8 @@ def test_bad_input_gets_one_line_and_loses_nothing(cli_env, broken_spec: Path, t
     before = json.loads(run_cli("runs", "--json", "--limit", "1000", env=cli_env).stdout)
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    cases = BAD_INPUTS + [
+    cases = [
+        *BAD_INPUTS,
         (["tune", str(broken_spec)], "TOML syntax error"),
         (["--db", str(blocker / "x.db"), "best"], "cannot create the store"),
     ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from agent.bench.session import CandidateFailed, WorkerSession
 
-__all__ = ["MeasureSettings", "Measurement", "TIE_RATIO", "measure_interleaved"]
+__all__ = ["TIE_RATIO", "MeasureSettings", "Measurement", "measure_interleaved"]
 
 # Differences smaller than this are ties (DESIGN.md: "about 2%").
 TIE_RATIO = 0.02

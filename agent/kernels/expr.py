@@ -150,7 +150,7 @@ def _evaluate(node: ast.expr, values: Mapping[str, Value], text: str) -> Any:
         return result
     if isinstance(node, ast.Compare):
         left = _evaluate(node.left, values, text)
-        for op, comparator in zip(node.ops, node.comparators):
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = _evaluate(comparator, values, text)
             try:
                 if not _COMPARE[type(op)](left, right):

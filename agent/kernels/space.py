@@ -122,7 +122,7 @@ class Space:
                             f"combinations, too many to enumerate (limit {_ENUMERATE_LIMIT})")
         names = self.names
         for values in itertools.product(*(p.values for p in self.params)):
-            config = dict(zip(names, values))
+            config = dict(zip(names, values, strict=True))
             if self.is_valid(config):
                 yield config
 

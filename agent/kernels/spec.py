@@ -54,11 +54,11 @@ else:  # pragma: no cover
 
 __all__ = [
     "ARRAY_DTYPES",
+    "ROLES",
+    "SCALAR_DTYPES",
     "Arg",
     "KernelSpec",
     "Param",
-    "ROLES",
-    "SCALAR_DTYPES",
     "load_spec",
 ]
 

@@ -10,7 +10,9 @@ from agent.tuner import Evaluator
 
 def search(evaluator: Evaluator, space: Space, rng: random.Random) -> None:
     limit = evaluator.remaining_evaluations
-    order = space.sample(limit if limit is not None else space.size(), rng)
+    # Draw extra to make up for configurations measured already (the default, at least).
+    wanted = space.size() if limit is None else limit + len(evaluator.results)
+    order = [c for c in space.sample(wanted, rng) if not evaluator.seen(c)]
     for start in range(0, len(order), evaluator.batch_size):
         evaluator.evaluate(order[start:start + evaluator.batch_size])
         if evaluator.exhausted:
