@@ -9,6 +9,7 @@ progress goes to stderr, only on a terminal, and never with ``--json``.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -250,7 +251,7 @@ def _seconds(value: float) -> str:
 def _bytes(value: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if value >= scale:
-            return f"{value / scale:g} {unit}"
+            return f"{value / scale:.3g} {unit}"
     return f"{value} B"
 
 
@@ -307,9 +308,16 @@ def _print_tune_result(result: Any) -> None:
         console.print("[yellow]the runner-up is within 2% of the winner: treat them as tied[/]")
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns (and exits with) the status code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    # SIGTERM (systemd, an updater, kill) unwinds like Ctrl-C: the worker is killed and the
+    # tuning session is marked interrupted, with every committed run kept.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="edgetune",
                  standalone_mode=False)

@@ -57,3 +57,27 @@ def test_kill_9_mid_tuning_loses_no_committed_run(tmp_path: Path, cache_dir: Pat
     with Store.open(db) as store:
         assert store.count("runs") > seen
         assert store.tunings()[0]["state"] == "finished"
+
+
+def test_sigterm_marks_the_session_interrupted_and_exits_130(tmp_path: Path, cache_dir: Path):
+    db = tmp_path / "term.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGETUNE_DB": str(db), "EDGETUNE_CACHE": str(cache_dir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "tune", "gemm", "--shape", "M=48,N=48,K=48",
+         "--strategy", "exhaustive"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while committed_runs(db) < 3 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "edgetune: interrupted"
+    with Store.open(db) as store:
+        assert store.tunings()[0]["state"] == "interrupted"
+        assert store.count("runs") >= 3
