@@ -21,6 +21,7 @@ import psutil
 
 from agent.errors import ProbeError
 from agent.hardware.profile import ARM_SIMD_FLAGS, ISA_VECTOR_BITS, X86_SIMD_FLAGS, HardwareProfile, widest_isa
+from agent.settings import Settings
 
 __all__ = ["default_cache_dir", "measure_bandwidth_gbs", "probe"]
 
@@ -58,9 +59,8 @@ _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/edgetune``, or ``~/.cache/edgetune``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgetune"
+    """The cache directory of the settings (``$EDGETUNE_CACHE``, else ``$XDG_CACHE_HOME/edgetune``)."""
+    return Settings.from_environ().cache_dir
 
 
 def probe(*, measure_bandwidth: bool = True, compiler: str = "cc",
