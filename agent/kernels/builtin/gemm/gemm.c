@@ -4,19 +4,23 @@
  * tiles that do not divide an extent are cut short, and vector/unroll remainders
  * run through narrower code, so nothing outside A, B or C is ever touched.
  *
- * Tuning macros (all set with -D; every combination of the values below compiles):
- *   BM, BN, BK  cache tile: rows of A/C, columns of B/C, depth, per tile (>= 1).
- *               C tiles (BM x BN) are the unit of parallel work; for each C tile the
- *               k loop walks K in BK steps.
- *   UNROLL      register blocking (>= 1), meaning depends on ORDER:
+ * Tuning macros (all set with -D; defaults below apply only when one is missing).
+ * Every combination of BM, BN, BK in {16..128}/{32..256}/{32..256} (powers of two),
+ * UNROLL in {1,2,4,8}, VEC in {1,4,8,16}, PREFETCH in {0,4,16}, all three orders and
+ * THREADS in {1,2} (4 spot-checked) compiles warning-free (-Wall -Wextra) and is
+ * correct; so do -march=x86-64, x86-64-v2 and x86-64-v3 (spot-checked).
+ *   BM, BN, BK  cache tile: rows of A/C, columns of B/C, depth (>= 1). C tiles
+ *               (BM x BN) are the unit of parallel work; each walks K in BK steps.
+ *   UNROLL      register blocking (1..16), meaning depends on ORDER:
  *                 ijk: UNROLL independent partial sums per dot product (k unrolled);
  *                 ikj: UNROLL k steps fused per pass over a C row (C loaded/stored
  *                      once per UNROLL rows of B);
- *                 jik: UNROLL rows of C held in registers in the micro-kernel.
- *   VEC         explicit SIMD width in floats (power of two: 1, 4, 8, 16), GCC vector
+ *                 jik: UNROLL rows of C held in registers by the micro-kernel.
+ *   VEC         explicit SIMD width in floats (power of two, 1..32), GCC vector
  *               extensions with unaligned loads; 1 = no explicit vector code (GCC -O3
- *               may still auto-vectorize the contiguous j loop of ikj on its own).
- *               VEC wider than the target's registers is split by the compiler.
+ *               still auto-vectorizes the contiguous j loop of ikj on its own).
+ *               VEC wider than the target's vector registers is split by GCC and is
+ *               correct but very slow in jik (the accumulators live in memory).
  *   PREFETCH    software prefetch distance in rows of B (k steps) ahead; 0 = none.
  *   ORDER_x=1   loop order inside a tile, exactly one of:
  *                 ORDER_ijk  dot products, strided walk down columns of B (naive);
@@ -28,12 +32,12 @@
  *               = no parallel region at all.
  *
  * Pointless combinations (they compile and are correct, but waste the search):
- *   - ORDER_ijk ignores VEC (always scalar): constrain ORDER_ijk to VEC == 1.
+ *   - ORDER_ijk ignores VEC (always scalar): constrain to VEC == 1 or ORDER != 'ijk'.
  *   - UNROLL > BK (ijk, ikj) or UNROLL > BM (jik) only ever runs the remainder path:
  *     BK % UNROLL == 0 and BM % UNROLL == 0 keep the unrolled path in use.
  *   - BN < VEC (ikj) or BN < 2*VEC (jik) leaves only remainder code: BN % (2*VEC) == 0.
- *   - jik with UNROLL = 8 and VEC = 16 needs 16 vector accumulators; on targets without
- *     AVX-512 these spill (slow but correct).
+ *   - jik with UNROLL * 2 * VEC beyond the register file (UNROLL 8 with VEC 16 without
+ *     AVX-512, or VEC above the hardware width at all) spills: slow but correct.
  *   - PREFETCH >= BK prefetches rows past the tile (still inside B: addresses are clamped).
  *   - THREADS > 1 with a single C tile (M <= BM and N <= BN) runs on one thread.
  */
