@@ -26,14 +26,18 @@ def committed_runs(db: Path) -> int:
         return 0
 
 
+def start_long_tuning(db: Path, cache_dir: Path, stderr: int) -> subprocess.Popen:
+    """An exhaustive GEMM tuning in its own process group: long enough to interrupt."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGETUNE_DB": str(db), "EDGETUNE_CACHE": str(cache_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "tune", "gemm", "--shape", "M=48,N=48,K=48", "--strategy", "exhaustive"],
+        env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,
+    )
+
+
 def test_kill_9_mid_tuning_loses_no_committed_run(tmp_path: Path, cache_dir: Path):
     db = tmp_path / "killed.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGETUNE_DB": str(db), "EDGETUNE_CACHE": str(cache_dir)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "tune", "gemm", "--shape", "M=48,N=48,K=48",
-         "--strategy", "exhaustive"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    process = start_long_tuning(db, cache_dir, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         seen = 0
@@ -61,12 +65,7 @@ def test_kill_9_mid_tuning_loses_no_committed_run(tmp_path: Path, cache_dir: Pat
 
 def test_sigterm_marks_the_session_interrupted_and_exits_130(tmp_path: Path, cache_dir: Path):
     db = tmp_path / "term.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGETUNE_DB": str(db), "EDGETUNE_CACHE": str(cache_dir)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "tune", "gemm", "--shape", "M=48,N=48,K=48",
-         "--strategy", "exhaustive"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
+    process = start_long_tuning(db, cache_dir, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         while committed_runs(db) < 3 and time.monotonic() < deadline and process.poll() is None:
