@@ -26,6 +26,7 @@ from agent.bench.measure import TIE_RATIO, Measurement, MeasureSettings, measure
 from agent.bench.session import CandidateFailed, WorkerSession
 from agent.errors import ConfigError
 from agent.hardware import HardwareProfile
+from agent.hardware.targets import target_vector_bits
 from agent.kernels.problem import Problem
 from agent.kernels.space import Config, Space, config_key
 from agent.search import get_strategy
@@ -287,7 +288,8 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
     """Tune ``problem`` on this device with ``options.strategy``; every outcome is stored."""
     search = get_strategy(options.strategy)
     spec = problem.spec
-    space = Space.build(problem, max_threads=profile.logical_cores)
+    space = Space.build(problem, max_threads=profile.logical_cores,
+                        vector_bits=target_vector_bits(toolchain.target, profile))
     requested = [space.check(c) for c in options.configs]  # bad names/values fail before any work
     strategy = "manual" if requested else options.strategy
     started = time.monotonic()

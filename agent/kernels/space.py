@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 from agent.errors import ConfigError, ExpressionError, SpecError
 from agent.kernels.problem import Problem
-from agent.kernels.spec import Param, ParamValue
+from agent.kernels.spec import TARGET_VECTOR_NAME, Param, ParamValue
 
 __all__ = ["Config", "Space", "config_key", "parse_config"]
 
 Config = dict[str, ParamValue]
 
+# Constraints see this VECTOR_BITS when nobody said which target the space is for.
+DEFAULT_VECTOR_BITS = 512
 # Above this many raw combinations the space is sampled, never listed in full.
 _ENUMERATE_LIMIT = 2_000_000
 
@@ -47,14 +49,21 @@ def parse_config(text: str) -> Config:
 
 @dataclass(frozen=True)
 class Space:
-    """The legal configurations of ``problem`` on a device with ``max_threads`` hardware threads."""
+    """The legal configurations of ``problem`` on a device with ``max_threads`` hardware threads,
+    for a compile target whose vector registers are ``vector_bits`` wide."""
 
     problem: Problem
     params: tuple[Param, ...]
+    vector_bits: int = DEFAULT_VECTOR_BITS
 
     @classmethod
-    def build(cls, problem: Problem, *, max_threads: int | None = None) -> Space:
-        """Make the space; thread-count values above ``max_threads`` are dropped (oversubscription)."""
+    def build(cls, problem: Problem, *, max_threads: int | None = None,
+              vector_bits: int | None = None) -> Space:
+        """Make the space; thread-count values above ``max_threads`` are dropped (oversubscription).
+
+        ``vector_bits`` is what constraints see as ``VECTOR_BITS`` (see
+        ``agent.hardware.targets.target_vector_bits``); None means the widest, 512.
+        """
         params = []
         for p in problem.spec.params:
             if p.role == "threads" and max_threads:
@@ -64,7 +73,7 @@ class Space:
                         (v for v in kept if isinstance(v, int)), default=kept[0])
                     p = Param(p.name, p.role, kept, default, p.description)
             params.append(p)
-        return cls(problem=problem, params=tuple(params))
+        return cls(problem=problem, params=tuple(params), vector_bits=vector_bits or DEFAULT_VECTOR_BITS)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -99,7 +108,7 @@ class Space:
 
     def violated(self, config: Mapping[str, ParamValue]) -> str | None:
         """The text of the first constraint ``config`` breaks, or None if it is legal."""
-        values = {**self.problem.shape, **config}
+        values = {**self.problem.shape, TARGET_VECTOR_NAME: self.vector_bits, **config}
         for constraint in self.problem.spec.constraints:
             try:
                 ok = constraint.evaluate(values)

@@ -56,6 +56,7 @@ __all__ = [
     "ARRAY_DTYPES",
     "ROLES",
     "SCALAR_DTYPES",
+    "TARGET_VECTOR_NAME",
     "Arg",
     "KernelSpec",
     "Param",
@@ -73,6 +74,8 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # Macro names the compiler or libc own; a parameter must not redefine them.
 _RESERVED = re.compile(r"^(_.*|__.*|[A-Z]+_H|NDEBUG|linux|unix|i386|x86_64|aarch64)$")
 _MAX_VALUES = 64
+# The name constraints use for the compile target's SIMD register width, in bits.
+TARGET_VECTOR_NAME = "VECTOR_BITS"
 _MAX_PARAMS = 32
 
 
@@ -214,8 +217,10 @@ def _build(data: dict[str, Any], toml_path: Path, toml_text: str) -> KernelSpec:
     constraint_texts = data.get("constraints", [])
     if not isinstance(constraint_texts, list):
         raise SpecError("constraints must be a list of expression strings")
-    # Constraints may use parameters and the problem dimensions (e.g. "BM <= M").
-    constraints = tuple(compile_expression(c, param_names | dims) for c in constraint_texts)
+    # Constraints may use parameters, the problem dimensions (e.g. "BM <= M") and the
+    # target's vector width in bits (e.g. "VEC * 32 <= VECTOR_BITS").
+    constraints = tuple(compile_expression(c, param_names | dims | {TARGET_VECTOR_NAME})
+                        for c in constraint_texts)
 
     shapes = _parse_shapes(data.get("shapes", {}), dims)
     default_shape = data.get("default_shape")
@@ -335,7 +340,8 @@ def _parse_params(raw: Any, reserved: set[str]) -> tuple[Param, ...]:
         if extra:
             raise SpecError(f"params[{index}]: unknown key(s) {', '.join(extra)}")
         name = _identifier(item.get("name"), f"params[{index}].name")
-        if _RESERVED.match(name) or name in reserved or any(p.name == name for p in params):
+        taken = name == TARGET_VECTOR_NAME or name in reserved or any(p.name == name for p in params)
+        if _RESERVED.match(name) or taken:
             raise SpecError(f"parameter name {name!r} is reserved, an argument name, or declared twice")
         role = item.get("role")
         if role not in ROLES:
