@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -76,6 +76,15 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_cores_and_imports(db: sqlite_utils.Database) -> None:
+    # cores: hardware threads a tuning's space was limited to (collection emulates smaller
+    # devices); origin: where a tuning's runs came from (measured here, or an imported file).
+    db["tunings"].add_column("cores", int)
+    db["tunings"].add_column("origin", str)
+    db["tunings"].create_index(["device", "kernel_key", "shape", "target", "strategy"])
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -105,6 +114,38 @@ class RunRecord:
     def __post_init__(self) -> None:
         if self.status not in INVALIDITY:
             raise ValueError(f"status {self.status!r} is not one of {INVALIDITY}")
+
+
+def _run_row(run: RunRecord) -> dict[str, Any]:
+    return {
+        "tuning_id": run.tuning_id, "device": run.device, "kernel_key": run.kernel_key,
+        "kernel": run.kernel, "shape": run.shape,
+        "config": config_key(run.config),
+        "config_json": json.dumps(dict(run.config), sort_keys=True),
+        "target": run.target, "compiler": run.compiler, "flags": " ".join(run.flags),
+        "strategy": run.strategy, "phase": run.phase, "status": run.status,
+        "reason": run.reason, "median_s": run.median_s,
+        "samples": json.dumps(list(run.samples)), "compile_s": run.compile_s,
+        "created_at": run.created_at,
+    }
+
+
+def _export_filters(tuning_id: int | None, kernels: Sequence[str], origin: str | None, strategy: str | None,
+                    *, table: str) -> tuple[str, list[Any]]:
+    clauses, params = ["1 = 1"], []
+    if tuning_id is not None:
+        clauses.append(f"{table}.id = ?")
+        params.append(tuning_id)
+    if kernels:
+        clauses.append(f"{table}.kernel in ({', '.join('?' for _ in kernels)})")
+        params.extend(kernels)
+    if origin:
+        clauses.append(f"coalesce({table}.origin, 'measured') like ?")
+        params.append(origin + "%")
+    if strategy:
+        clauses.append(f"{table}.strategy = ?")
+        params.append(strategy)
+    return " and ".join(clauses), params
 
 
 class Store:
@@ -179,38 +220,68 @@ class Store:
                                       "origin": origin, "created_at": utc_now()})
 
     def start_tuning(self, *, device: str, kernel_key: str, kernel: str, shape: str, target: str,
-                     compiler: str, strategy: str, budget: str, seed: int) -> int:
+                     compiler: str, strategy: str, budget: str, seed: int, cores: int | None = None,
+                     origin: str = "measured") -> int:
         with self._write() as db:
             table = db["tunings"]
             table.insert({
                 "device": device, "kernel_key": kernel_key, "kernel": kernel, "shape": shape,
                 "target": target, "compiler": compiler, "strategy": strategy, "budget": budget,
-                "seed": seed, "state": "running", "started_at": utc_now(),
+                "seed": seed, "state": "running", "started_at": utc_now(), "cores": cores,
+                "origin": origin,
             })
             return int(table.last_pk)
+
+    def find_tuning(self, *, device: str, kernel_key: str, shape: str, target: str, strategy: str,
+                    cores: int | None = None, origin: str | None = None) -> dict[str, Any] | None:
+        """The newest tuning session of exactly this case (to resume or replace it), or None."""
+        where = {"device": device, "kernel_key": kernel_key, "shape": shape, "target": target,
+                 "strategy": strategy, "cores": cores, "origin": origin}
+        clauses = [f"[{k}] = ?" if v is not None else f"[{k}] is null" for k, v in where.items()
+                   if k != "origin" or v is not None]
+        params = [v for k, v in where.items() if v is not None]
+        return next(self.db["tunings"].rows_where(" and ".join(clauses), params, order_by="id desc",
+                                                  limit=1), None)
+
+    def run_configs(self, tuning_id: int, *, phase: str = "search") -> set[str]:
+        """Configuration keys that already have a stored run in this tuning session."""
+        return {row["config"] for row in self.db.query(
+            "select distinct config from runs where tuning_id = ? and phase = ?", [tuning_id, phase])}
+
+    def reopen_tuning(self, tuning_id: int) -> None:
+        """Mark an interrupted session as running again (collection resumes it)."""
+        with self._write() as db:
+            db["tunings"].update(tuning_id, {"state": "running", "finished_at": None})
+
+    def delete_tuning(self, tuning_id: int) -> None:
+        """Remove a session and its runs (``collect --remeasure`` replaces a case this way)."""
+        with self._write() as db:
+            db.execute("delete from best where tuning_id = ?", [tuning_id])
+            db.execute("delete from runs where tuning_id = ?", [tuning_id])
+            db.execute("delete from tunings where id = ?", [tuning_id])
 
     def add_run(self, run: RunRecord) -> int:
         """Store one candidate's outcome in its own transaction; returns the run id."""
         with self._write() as db:
             table = db["runs"]
-            table.insert({
-                "tuning_id": run.tuning_id, "device": run.device, "kernel_key": run.kernel_key,
-                "kernel": run.kernel, "shape": run.shape,
-                "config": config_key(run.config),
-                "config_json": json.dumps(dict(run.config), sort_keys=True),
-                "target": run.target, "compiler": run.compiler, "flags": " ".join(run.flags),
-                "strategy": run.strategy, "phase": run.phase, "status": run.status,
-                "reason": run.reason, "median_s": run.median_s,
-                "samples": json.dumps(list(run.samples)), "compile_s": run.compile_s,
-                "created_at": run.created_at,
-            })
+            table.insert(_run_row(run))
             return int(table.last_pk)
+
+    def add_runs(self, runs: list[RunRecord]) -> int:
+        """Store many outcomes in one transaction (imports): all of them or none."""
+        with self._write() as db:
+            db["runs"].insert_all((_run_row(r) for r in runs), batch_size=1000)
+        return len(runs)
 
     def finish_tuning(self, tuning_id: int, *, evaluations: int, wall_s: float,
                       winner_run: int | None, winner_config: Mapping[str, Any] | None,
                       winner_median_s: float | None, default_median_s: float | None,
-                      speedup: float | None, tie: bool) -> None:
-        """Close a tuning session and, when it found a winner, make it the device's best."""
+                      speedup: float | None, tie: bool, update_best: bool = True) -> None:
+        """Close a tuning session and, when it found a winner, make it the device's best.
+
+        ``update_best=False`` keeps ``best`` as it is (collection on fewer cores than the
+        device has measures an emulated smaller device, not this one).
+        """
         now = utc_now()
         with self._write() as db:
             db["tunings"].update(tuning_id, {
@@ -220,7 +291,7 @@ class Store:
                 "winner_median_s": winner_median_s, "default_median_s": default_median_s,
                 "speedup": speedup, "tie": int(tie),
             })
-            if winner_config is None or winner_run is None:
+            if winner_config is None or winner_run is None or not update_best:
                 return
             tuning = db["tunings"].get(tuning_id)
             db["best"].upsert({
@@ -256,6 +327,24 @@ class Store:
 
     def devices(self) -> list[dict[str, Any]]:
         return self._select("devices", {}, "last_seen desc")
+
+    def export_tunings(self, *, tuning_id: int | None = None, kernels: Sequence[str] = (),
+                       origin: str | None = None, strategy: str | None = None) -> list[dict[str, Any]]:
+        """Tuning sessions matching the filters (export selects whole sessions)."""
+        clauses, params = _export_filters(tuning_id, kernels, origin, strategy, table="t")
+        return list(self.db.query(f"select t.* from tunings t where {clauses} order by t.id", params))
+
+    def export_runs(self, *, tuning_id: int | None = None, kernels: Sequence[str] = (),
+                    origin: str | None = None, strategy: str | None = None) -> Iterator[dict[str, Any]]:
+        """Search-phase runs matching the filters, oldest first, with config and samples decoded."""
+        clauses, params = _export_filters(tuning_id, kernels, origin, strategy, table="t")
+        for row in self.db.query(
+                "select r.*, t.cores, coalesce(t.origin, 'measured') as origin from runs r "
+                f"join tunings t on t.id = r.tuning_id where r.phase = 'search' and {clauses} order by r.id",
+                params):
+            row["config"] = json.loads(row.pop("config_json"))
+            row["samples"] = json.loads(row["samples"] or "[]")
+            yield row
 
     def count(self, table: str) -> int:
         return self.db[table].count

@@ -8,6 +8,7 @@ a fresh worker, re-running ``setup`` and re-loading the candidates still in use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,12 @@ class WorkerSession:
     """A long-lived worker for one problem (spec + shape). Use as a context manager."""
 
     def __init__(self, spec_path: Path, shape: Mapping[str, int], *, seed: int = 0,
-                 flush_bytes: int = 0, timeout_s: float = 10.0) -> None:
+                 flush_bytes: int = 0, timeout_s: float = 10.0,
+                 cpus: Sequence[int] | None = None) -> None:
         self.setup_request = {"cmd": "setup", "spec": str(spec_path), "shape": dict(shape),
                               "seed": seed, "flush_bytes": flush_bytes}
         self.timeout_s = timeout_s
+        self.cpus = tuple(cpus) if cpus else None  # pin the worker: emulate a device with fewer cores
         self.libraries: dict[str, str] = {}  # candidate id -> library path, reloaded on respawn
         self._process: _Process | None = None
         self.restarts = 0
@@ -156,6 +159,10 @@ class WorkerSession:
             os.close(request_read)
             os.close(reply_write)
             stderr_file.close()
+        if self.cpus:
+            # Before the worker's first parallel region, so OpenMP's threads inherit it.
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(popen.pid, self.cpus)
         return _Process(popen=popen, requests=os.fdopen(request_write, "w"), replies_fd=reply_read,
                         stderr_path=Path(stderr_file.name))
 

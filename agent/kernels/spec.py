@@ -23,7 +23,7 @@ A spec directory holds ``kernel.toml``, the C source it names, and a NumPy refer
 
     [[params]]
     name = "BM"
-    role = "tile"                  # tile unroll vector prefetch order threads flag
+    role = "tile"                  # tile unroll vector prefetch order threads flag (GPU: block warps stages)
     values = [16, 32, 64]
     default = 32
 
@@ -65,7 +65,8 @@ __all__ = [
 
 ParamValue = Union[int, str]
 
-ROLES = ("tile", "unroll", "vector", "prefetch", "order", "threads", "flag")
+# block, warps and stages are the GPU roles (threads per block, warps, pipeline stages).
+ROLES = ("tile", "unroll", "vector", "prefetch", "order", "threads", "flag", "block", "warps", "stages")
 SCALAR_DTYPES = ("int32", "int64", "float32", "float64")
 ARRAY_DTYPES = ("int8", "uint8", "int16", "int32", "int64", "float32", "float64")
 INTENTS = ("in", "out", "inout")

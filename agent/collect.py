@@ -1,0 +1,194 @@
+"""Dataset collection: sweep kernels x shapes x compiler targets x core counts into the store.
+
+Each *case* (kernel, shape, -march target, cores) is one tuning session with strategy
+``collect``. Its configurations are the whole legal space when that is small, else a
+seeded random sample plus the default, so a re-run draws the same sample. Every
+outcome is stored in its own transaction as it is measured: a re-run after an
+interruption measures only what is missing, and a finished case is skipped unless
+``remeasure`` is asked for.
+
+Fewer cores than the machine has are emulated by pinning the worker to that many
+CPUs and dropping thread counts above it from the space; narrower targets by
+compiling for them (their constraints see a narrower ``VECTOR_BITS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from agent.bench.compile import Toolchain
+from agent.bench.measure import MeasureSettings
+from agent.bench.session import WorkerSession
+from agent.hardware import HardwareProfile
+from agent.hardware.targets import target_vector_bits
+from agent.kernels.problem import Problem
+from agent.kernels.space import Space, config_key
+from agent.store import Store
+from agent.tuner import Budget, CandidateResult, Evaluator, TuneOptions, flush_bytes_for
+
+__all__ = ["COLLECT_MEASURE", "Case", "CaseResult", "CollectOptions", "collect_case", "plan_cases"]
+
+# Shorter than a tuning run's protocol: a dataset needs many configurations ranked
+# roughly right more than a few measured to the last percent.
+COLLECT_MEASURE = MeasureSettings(warmup_runs=1, min_runs=3, max_runs=15, budget_s=0.02, prune_ratio=4.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cell of the sweep."""
+
+    problem: Problem
+    target: str
+    cores: int
+
+    @property
+    def label(self) -> str:
+        core_word = "core" if self.cores == 1 else "cores"
+        return f"{self.problem.spec.name} {self.problem.key} {self.target} {self.cores} {core_word}"
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    """How much of each case to measure, and how."""
+
+    configs_per_case: int = 200  # the whole space when it is at most this big
+    seed: int = 0
+    remeasure: bool = False
+    cache: str = "auto"
+    timeout_s: float = 10.0
+    batch_size: int = 16  # measured interleaved together; an interruption loses at most one batch
+    measure: MeasureSettings = field(default_factory=lambda: COLLECT_MEASURE)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """What one case holds in the store after collection."""
+
+    case: Case
+    tuning_id: int
+    state: str  # measured, resumed, skipped (already complete)
+    space_size: int
+    planned: int
+    measured_now: int
+    valid: int
+    best_s: float | None
+    default_s: float | None
+    wall_s: float
+
+    @property
+    def speedup(self) -> float | None:
+        return self.default_s / self.best_s if self.best_s and self.default_s else None
+
+
+def plan_cases(problems: Sequence[Problem], targets: Sequence[str], cores: Sequence[int]) -> list[Case]:
+    """The sweep in the order it runs: by kernel and shape, then target, then cores."""
+    return [Case(problem, target, n) for problem in problems for target in targets for n in cores]
+
+
+def case_configs(space: Space, count: int, seed: int) -> tuple[list[dict], int]:
+    """The configurations a case measures, and how many legal ones there are.
+
+    All legal ones when they are at most ``count``; else the default plus the legal
+    configurations whose seeded hash is smallest. Hash order, not a fresh sample per
+    case, so the cases of one kernel share most configurations and their compiled
+    libraries (a build depends on configuration and target, not on shape or cores).
+    """
+    legal = list(space)
+    if len(legal) <= count:
+        return legal, len(legal)
+    prefix = f"{seed}:{space.problem.spec.name}:".encode()
+    ranked = sorted(legal, key=lambda c: hashlib.blake2b(prefix + config_key(c).encode(), digest_size=8).digest())
+    chosen = ranked[:count]
+    default = space.default()
+    if space.is_valid(default) and config_key(default) not in {config_key(c) for c in chosen}:
+        chosen[-1] = default
+    return chosen, len(legal)
+
+
+def collect_case(case: Case, *, profile: HardwareProfile, store: Store, toolchain: Toolchain,
+                 cache_dir: Path, options: CollectOptions = CollectOptions(),
+                 on_result: Callable[[CandidateResult, int], None] | None = None) -> CaseResult:
+    """Measure what is missing of one case; returns the case's totals from the store."""
+    started = time.monotonic()
+    spec, problem = case.problem.spec, case.problem
+    device = profile.fingerprint()
+    space = Space.build(problem, max_threads=case.cores,
+                        vector_bits=target_vector_bits(case.target, profile))
+    configs, space_size = case_configs(space, options.configs_per_case, options.seed)
+    store.upsert_device(device, profile.to_dict())
+    store.upsert_kernel(spec.key, spec.name, spec.source_hash, spec.space_summary(), str(spec.directory))
+    existing = store.find_tuning(device=device, kernel_key=spec.key, shape=problem.key, target=case.target,
+                                 strategy="collect", cores=case.cores)
+    if existing is not None and options.remeasure:
+        store.delete_tuning(existing["id"])
+        existing = None
+    if existing is not None and existing["state"] == "finished":
+        return _summary(store, case, existing["id"], "skipped", len(configs), 0, time.monotonic() - started,
+                        space_size)
+    if existing is None:
+        tuning_id = store.start_tuning(device=device, kernel_key=spec.key, kernel=spec.name, shape=problem.key,
+                                       target=case.target, compiler=toolchain.version, strategy="collect",
+                                       budget=str(options.configs_per_case), seed=options.seed,
+                                       cores=case.cores)
+        state, done = "measured", set()
+    else:
+        tuning_id = existing["id"]
+        store.reopen_tuning(tuning_id)
+        state, done = "resumed", store.run_configs(tuning_id)
+    todo = [c for c in configs if config_key(c) not in done]
+
+    flush, flush_bytes = flush_bytes_for(problem, profile, options.cache)
+    tune_options = TuneOptions(strategy="collect", budget=Budget(), target=case.target, seed=options.seed,
+                               cache=options.cache, timeout_s=options.timeout_s,
+                               measure=replace(options.measure, flush=flush), batch_size=options.batch_size)
+    cpus = sorted(os.sched_getaffinity(0))[:case.cores] if case.cores < len(os.sched_getaffinity(0)) else None
+    try:
+        if todo:
+            with WorkerSession(spec.spec_path, problem.shape, seed=options.seed, flush_bytes=flush_bytes,
+                               timeout_s=options.timeout_s, cpus=cpus) as session:
+                evaluator = Evaluator(space=space, toolchain=toolchain, session=session, store=store,
+                                      tuning_id=tuning_id, device=device, strategy="collect",
+                                      options=tune_options, cache_dir=cache_dir / "build", on_result=on_result)
+                for start in range(0, len(todo), options.batch_size):
+                    evaluator.evaluate(todo[start:start + options.batch_size])
+    except BaseException:
+        store.fail_tuning(tuning_id, "interrupted")
+        raise
+    wall_s = time.monotonic() - started
+    result = _summary(store, case, tuning_id, state, len(configs), len(todo), wall_s, space_size)
+    winner = _winner(store, tuning_id)
+    store.finish_tuning(
+        tuning_id, evaluations=len(configs), wall_s=wall_s,
+        winner_run=winner["id"] if winner else None,
+        winner_config=json.loads(winner["config_json"]) if winner else None,
+        winner_median_s=winner["median_s"] if winner else None,
+        default_median_s=result.default_s,
+        speedup=result.speedup, tie=False,
+        update_best=case.cores >= profile.logical_cores,
+    )
+    return result
+
+
+def _winner(store: Store, tuning_id: int) -> dict | None:
+    return next(iter(store.db.query(
+        "select id, config, config_json, median_s from runs where tuning_id = ? and status = 'correct' "
+        "order by median_s limit 1", [tuning_id])), None)
+
+
+def _summary(store: Store, case: Case, tuning_id: int, state: str, planned: int, measured_now: int,
+             wall_s: float, space_size: int) -> CaseResult:
+    rows = list(store.db.query(
+        "select config, status, median_s from runs where tuning_id = ? and phase = 'search'", [tuning_id]))
+    valid = [r for r in rows if r["status"] == "correct" and r["median_s"] is not None]
+    default_key = config_key(Space.build(case.problem, max_threads=case.cores).default())
+    default = next((r["median_s"] for r in valid if r["config"] == default_key), None)
+    return CaseResult(case=case, tuning_id=tuning_id, state=state, space_size=space_size, planned=planned,
+                      measured_now=measured_now, valid=len(valid),
+                      best_s=min((r["median_s"] for r in valid), default=None), default_s=default,
+                      wall_s=wall_s)
