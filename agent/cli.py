@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent.errors import EdgetuneError
+from agent.errors import ConfigError, EdgetuneError
 from agent.settings import Settings
 
 EXIT_ERROR = 1
@@ -209,6 +209,21 @@ def runs(obj: _Context, kernel: str | None, tuning_id: int | None, status: str |
 
 
 @cli.command()
+@json_option
+def presets(as_json: bool) -> None:
+    """List the workload presets: real models' layers as kernel + shape (profiles/workloads)."""
+    from agent.kernels.workloads import find_workload, list_workloads
+
+    rows = []
+    for path in list_workloads():
+        workload = find_workload(str(path))
+        rows.append({"name": path.stem, "layers": len(workload.layers),
+                     "kernels": " ".join(sorted({layer.kernel for layer in workload.layers})),
+                     "description": workload.description})
+    _emit(rows, as_json, title="Workload presets")
+
+
+@cli.command()
 @click.option("--kernel", "kernel_names", multiple=True, metavar="NAME",
               help="Kernel to sweep (repeatable). Default: every built-in kernel.")
 @click.option("--preset", metavar="NAME|PATH", help="Sweep a workload preset's layers (profiles/workloads).")
@@ -250,14 +265,13 @@ def collect(obj: _Context, kernel_names: tuple[str, ...], preset: str | None, sh
     try:
         core_counts = sorted({int(c) for c in cores.split(",") if c.strip()})
     except ValueError:
-        raise click.BadParameter(f"{cores!r} is not a comma-separated list of integers",
-                                 param_hint="--cores") from None
+        raise ConfigError(f"--cores {cores!r} is not a comma-separated list of integers") from None
     if not core_counts or min(core_counts) < 1:
-        raise click.BadParameter("core counts must be positive", param_hint="--cores")
+        raise ConfigError(f"--cores {cores!r}: core counts must be positive")
     if configs_per_case < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--configs")
+        raise ConfigError(f"--configs {configs_per_case}: must be at least 1")
     if preset and (kernel_names or shapes):
-        raise click.UsageError("--preset already names kernels and shapes; drop --kernel/--shapes")
+        raise ConfigError("--preset already names kernels and shapes; drop --kernel/--shapes")
     problems = []
     if preset:
         problems = [problem for _, problem in find_workload(preset).problems()]
@@ -272,8 +286,7 @@ def collect(obj: _Context, kernel_names: tuple[str, ...], preset: str | None, sh
     chosen_targets = list(targets) or usable
     too_many = [n for n in core_counts if n > profile.logical_cores]
     if too_many:
-        raise click.BadParameter(f"this machine has {profile.logical_cores} hardware threads",
-                                 param_hint="--cores")
+        raise ConfigError(f"--cores {cores}: this machine has {profile.logical_cores} hardware threads")
     toolchains = {t: Toolchain.detect(obj.settings.compiler, t, cpu_tag=profile.fingerprint())
                   for t in chosen_targets}
     cases = plan_cases(problems, chosen_targets, core_counts)
@@ -370,16 +383,18 @@ def import_(obj: _Context, paths: tuple[Path, ...], fmt: str, device: str | None
         try:
             parsed_shape = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in shape.split(","))}
         except ValueError:
-            raise click.BadParameter(f"{shape!r}: expected NAME=VALUE pairs with integer values",
-                                     param_hint="--shape") from None
+            raise ConfigError(f"--shape {shape!r}: expected NAME=VALUE pairs with integer values") from None
     rows, errors = [], []
+    files = expand_paths(list(paths))
     with obj.open_store() as store:
-        for path in expand_paths(list(paths)):
+        for path in files:
             root = path.parent.parent if path.is_file() else path
             try:
                 outcomes = import_path(store, path, fmt=fmt, device=device, kernel=kernel, shape=parsed_shape,
                                        origin_root=root, replace_existing=replace_existing)
             except ImportError_ as exc:
+                if len(files) == 1:
+                    raise
                 errors.append(str(exc))
                 click.echo(f"edgetune: error: {exc}", err=True)
                 continue
@@ -415,7 +430,7 @@ def export(obj: _Context, fmt: str, tuning_id: int | None, kernel_names: tuple[s
     with obj.open_store() as store:
         if fmt == "dataset":
             if output is None:
-                raise click.UsageError("--format dataset needs --output FOLDER")
+                raise ConfigError("--format dataset needs --output FOLDER")
             manifest = export_dataset(store, output, name=dataset_name or output.name, kernels=kernel_names,
                                       origin=origin, strategy=strategy, samples=not no_samples,
                                       commands=[shlex.join(["edgetune", *sys.argv[1:]])])

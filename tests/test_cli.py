@@ -77,6 +77,14 @@ BAD_INPUTS = [
     (["tune", "gemm", "--target", "-fplugin=evil.so"], "not a valid -march value"),
     (["tune", "gemm", "--target", "pentium9000"], "cannot build for -march=pentium9000"),
     (["probe", "--profile", "nosuchdevice"], "nosuchdevice"),
+    (["collect", "--kernel", "gemm", "--shapes", "M=60000,N=60000,K=60000"], "GiB of arrays"),
+    (["collect", "--cores", "0"], "core counts must be positive"),
+    (["collect", "--cores", "4096"], "hardware threads"),
+    (["collect", "--preset", "nosuchpreset"], "unknown workload preset 'nosuchpreset'"),
+    (["collect", "--kernel", "gemm", "--target", "pentium9000"], "cannot build for -march=pentium9000"),
+    (["import", "/nonexistent/cache.json"], "no such file"),
+    (["export", "--format", "t4", "--tuning", "999"], "0 tuning sessions match"),
+    (["export", "--format", "dataset"], "needs --output"),
 ]
 
 

@@ -29,7 +29,7 @@ def test_migrations_are_recorded_and_reopening_keeps_data(db_path: Path):
     with Store.open(db_path) as store:
         assert store.count("runs") == 1
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
-        assert applied == ["m001_initial"]
+        assert applied == ["m001_initial", "m002_cores_and_imports"]
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import psutil
+
 from agent.errors import ExpressionError, ShapeError
 from agent.kernels.spec import KernelSpec
 
@@ -12,6 +14,8 @@ __all__ = ["MAX_PROBLEM_BYTES", "Problem", "parse_shape", "shape_key"]
 
 # A problem whose arrays need more than this is refused before any compile or allocation.
 MAX_PROBLEM_BYTES = 4 * 2**30
+# The worker holds inputs, pristine copies, guarded outputs and the reference's result.
+WORKING_COPIES = 3
 
 _ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "int32": 4, "int64": 8, "float32": 4, "float64": 8}
 
@@ -94,6 +98,11 @@ def _checked(spec: KernelSpec, shape: Mapping[str, int]) -> Problem:
     if problem.nbytes > MAX_PROBLEM_BYTES:
         raise ShapeError(f"shape {problem.key} needs {problem.nbytes / 2**30:.1f} GiB of arrays; "
                          f"the limit is {MAX_PROBLEM_BYTES / 2**30:.0f} GiB")
+    available = psutil.virtual_memory().available
+    if problem.nbytes * WORKING_COPIES > available:
+        raise ShapeError(f"shape {problem.key} needs {problem.nbytes / 2**20:.0f} MiB of arrays, about "
+                         f"{problem.nbytes * WORKING_COPIES / 2**20:.0f} MiB with the reference's copies; "
+                         f"this machine has {available / 2**20:.0f} MiB available")
     return problem
 
 

@@ -1,0 +1,5 @@
+"""Deliberately wrong: no configuration of disagree.c can match it."""
+
+
+def disagree(x, N):
+    return x + 2.0
