@@ -423,7 +423,7 @@ def export(obj: _Context, fmt: str, tuning_id: int | None, kernel_names: tuple[s
     """Export stored measurements: T4 or Kernel Tuner files, JSON lines, or a dataset folder."""
     import shlex
 
-    from agent.dataset import export_dataset
+    from agent.dataset import export_dataset, parse_shape_key
     from agent.interchange.kerneltuner import write_kernel_tuner
     from agent.interchange.t4 import write_t4
 
@@ -451,8 +451,6 @@ def export(obj: _Context, fmt: str, tuning_id: int | None, kernel_names: tuple[s
         profile = json.loads(device_row["profile"]) if device_row else {}
         kernel_row = next((k for k in store.kernels() if k["key"] == tuning["kernel_key"]), None)
         params = json.loads(kernel_row["space"])["params"] if kernel_row else []
-        from agent.dataset import parse_shape_key
-
         shape = parse_shape_key(tuning["shape"])
         if fmt == "t4":
             document = write_t4(runs_, {

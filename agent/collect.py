@@ -1,8 +1,9 @@
 """Dataset collection: sweep kernels x shapes x compiler targets x core counts into the store.
 
 Each *case* (kernel, shape, -march target, cores) is one tuning session with strategy
-``collect``. Its configurations are the whole legal space when that is small, else a
-seeded random sample plus the default, so a re-run draws the same sample. Every
+``collect``. Its configurations are the whole legal space when that is small, else the
+default plus the configurations first in a seeded hash order, so a re-run draws the
+same ones (and cases of one kernel share most of them, and their builds). Every
 outcome is stored in its own transaction as it is measured: a re-run after an
 interruption measures only what is missing, and a finished case is skipped unless
 ``remeasure`` is asked for.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import zlib
 from collections import Counter
@@ -206,7 +207,7 @@ def _check_record(record: Any, where: str) -> None:
         raise DatasetError(f"{where}: status {record['status']!r} is not one of {', '.join(INVALIDITY)}")
     time_s = record["time_s"]
     if record["status"] == "correct":
-        if isinstance(time_s, bool) or not isinstance(time_s, (int, float)) or not time_s > 0:
+        if isinstance(time_s, bool) or not isinstance(time_s, (int, float)) or not 0 < time_s < math.inf:
             raise DatasetError(f"{where}: a correct record needs a positive number time_s, got {time_s!r}")
     if not isinstance(record["config"], Mapping) or not isinstance(record["shape"], Mapping):
         raise DatasetError(f"{where}: config and shape must be JSON objects")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.dataset import MANIFEST_FILE, read_dataset
+from agent.dataset import MANIFEST_FILE, DatasetError, read_dataset
 from agent.interchange.batch import ImportBatch, ImportedRun, ImportError_, store_batch
 from agent.interchange.kerneltuner import load_json_file, looks_like_kernel_tuner, read_kernel_tuner
 from agent.interchange.t4 import looks_like_t4, read_t4
@@ -74,8 +74,6 @@ def import_path(store: Store, path: Path, *, replace_existing: bool = False, **o
 
 
 def _dataset_batches(path: Path) -> list[ImportBatch]:
-    from agent.dataset import DatasetError
-
     try:
         dataset = read_dataset(path)
     except DatasetError as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,7 +111,3 @@ def store_batch(store: Store, batch: ImportBatch, *, replace_existing: bool = Fa
                         winner_median_s=best.time_s if best else None, default_median_s=None,
                         speedup=None, tie=False, update_best=False)
     return "imported", len(records)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "unnamed"
