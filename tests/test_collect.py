@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from agent.collect import Case, CollectOptions, case_configs, collect_case
 from agent.dataset import read_dataset
@@ -16,6 +15,7 @@ from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space, config_key
 
 from .conftest import ROOT, TEST_KERNELS, run_cli
+from .test_kill import committed_runs
 from .test_tuner import QUICK
 
 SPIN = str(TEST_KERNELS / "spin")
@@ -73,17 +73,6 @@ def test_collect_reports_a_kernel_no_configuration_of_which_is_correct_and_still
     assert dataset.manifest["commands"][0].startswith("edgetune collect")
 
 
-def _runs(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("select count(*) from runs").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_collect_killed_with_sigkill_resumes_without_measuring_anything_twice(tmp_path, cache_dir):
     db = tmp_path / "collect.db"
     args = ["collect", "--kernel", "gemm", "--shapes", "M=24,N=24,K=24", "--target", "native", "--cores", "2",
@@ -93,13 +82,13 @@ def test_collect_killed_with_sigkill_resumes_without_measuring_anything_twice(tm
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while _runs(db) < 20 and time.monotonic() < deadline and process.poll() is None:
+        while committed_runs(db) < 20 and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.1)
         assert process.poll() is None, "collection ended before it could be killed"
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    before = _runs(db)
+    before = committed_runs(db)
     assert 20 <= before < 90
     result = run_cli(*args, env={"EDGETUNE_DB": str(db), "EDGETUNE_CACHE": str(cache_dir)})
     assert result.returncode == 0, result.stderr
