@@ -292,15 +292,11 @@ def collect(obj: _Context, kernel_names: tuple[str, ...], preset: str | None, sh
     cases = plan_cases(problems, chosen_targets, core_counts)
     options = CollectOptions(configs_per_case=configs_per_case, seed=seed, remeasure=remeasure)
     if dry_run:
-        from agent.collect import case_configs
-        from agent.hardware.targets import target_vector_bits
-        from agent.kernels.space import Space
+        from agent.collect import case_configs, case_space
 
         rows = []
         for case in cases:
-            space = Space.build(case.problem, max_threads=case.cores,
-                                vector_bits=target_vector_bits(case.target, profile))
-            planned, size = case_configs(space, configs_per_case, seed)
+            planned, size = case_configs(case_space(case, profile), configs_per_case, seed)
             rows.append({"kernel": case.problem.spec.name, "shape": case.problem.key, "target": case.target,
                          "cores": case.cores, "space": size, "planned": len(planned)})
         _emit(rows, as_json, title=f"{len(rows)} cases")

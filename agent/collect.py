@@ -33,7 +33,8 @@ from agent.kernels.space import Space, config_key
 from agent.store import Store
 from agent.tuner import Budget, CandidateResult, Evaluator, TuneOptions, flush_bytes_for
 
-__all__ = ["COLLECT_MEASURE", "Case", "CaseResult", "CollectOptions", "collect_case", "plan_cases"]
+__all__ = ["COLLECT_MEASURE", "Case", "CaseResult", "CollectOptions", "case_configs", "case_space", "collect_case",
+           "plan_cases"]
 
 # Shorter than a tuning run's protocol: a dataset needs many configurations ranked
 # roughly right more than a few measured to the last percent.
@@ -87,6 +88,11 @@ class CaseResult:
         return self.default_s / self.best_s if self.best_s and self.default_s else None
 
 
+def case_space(case: Case, profile: HardwareProfile) -> Space:
+    """The legal configurations of a case: its core count and its target's vector width."""
+    return Space.build(case.problem, max_threads=case.cores, vector_bits=target_vector_bits(case.target, profile))
+
+
 def plan_cases(problems: Sequence[Problem], targets: Sequence[str], cores: Sequence[int]) -> list[Case]:
     """The sweep in the order it runs: by kernel and shape, then target, then cores."""
     return [Case(problem, target, n) for problem in problems for target in targets for n in cores]
@@ -119,8 +125,7 @@ def collect_case(case: Case, *, profile: HardwareProfile, store: Store, toolchai
     started = time.monotonic()
     spec, problem = case.problem.spec, case.problem
     device = profile.fingerprint()
-    space = Space.build(problem, max_threads=case.cores,
-                        vector_bits=target_vector_bits(case.target, profile))
+    space = case_space(case, profile)
     configs, space_size = case_configs(space, options.configs_per_case, options.seed)
     store.upsert_device(device, profile.to_dict())
     store.upsert_kernel(spec.key, spec.name, spec.source_hash, spec.space_summary(), str(spec.directory))
@@ -130,7 +135,7 @@ def collect_case(case: Case, *, profile: HardwareProfile, store: Store, toolchai
         store.delete_tuning(existing["id"])
         existing = None
     if existing is not None and existing["state"] == "finished":
-        return _summary(store, case, existing["id"], "skipped", len(configs), 0, time.monotonic() - started,
+        return _summary(store, case, space, existing["id"], "skipped", len(configs), 0, time.monotonic() - started,
                         space_size)
     if existing is None:
         tuning_id = store.start_tuning(device=device, kernel_key=spec.key, kernel=spec.name, shape=problem.key,
@@ -162,7 +167,7 @@ def collect_case(case: Case, *, profile: HardwareProfile, store: Store, toolchai
         store.fail_tuning(tuning_id, "interrupted")
         raise
     wall_s = time.monotonic() - started
-    result = _summary(store, case, tuning_id, state, len(configs), len(todo), wall_s, space_size)
+    result = _summary(store, case, space, tuning_id, state, len(configs), len(todo), wall_s, space_size)
     winner = _winner(store, tuning_id)
     store.finish_tuning(
         tuning_id, evaluations=len(configs), wall_s=wall_s,
@@ -182,12 +187,12 @@ def _winner(store: Store, tuning_id: int) -> dict | None:
         "order by median_s limit 1", [tuning_id])), None)
 
 
-def _summary(store: Store, case: Case, tuning_id: int, state: str, planned: int, measured_now: int,
-             wall_s: float, space_size: int) -> CaseResult:
+def _summary(store: Store, case: Case, space: Space, tuning_id: int, state: str, planned: int,
+             measured_now: int, wall_s: float, space_size: int) -> CaseResult:
     rows = list(store.db.query(
         "select config, status, median_s from runs where tuning_id = ? and phase = 'search'", [tuning_id]))
     valid = [r for r in rows if r["status"] == "correct" and r["median_s"] is not None]
-    default_key = config_key(Space.build(case.problem, max_threads=case.cores).default())
+    default_key = config_key(space.default())
     default = next((r["median_s"] for r in valid if r["config"] == default_key), None)
     return CaseResult(case=case, tuning_id=tuning_id, state=state, space_size=space_size, planned=planned,
                       measured_now=measured_now, valid=len(valid),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from agent.errors import EdgetuneError
 from agent.kernels.problem import shape_key
 from agent.store import INVALIDITY, RunRecord, Store
 
-__all__ = ["ImportBatch", "ImportError_", "ImportedRun", "guess_role", "store_batch"]
+__all__ = ["ImportBatch", "ImportError_", "ImportedRun", "finite_number", "guess_role", "store_batch"]
 
 
 class ImportError_(EdgetuneError):
@@ -58,6 +59,11 @@ class ImportBatch:
             return self.kernel_key
         space = json.dumps([{k: p[k] for k in ("name", "values")} for p in self.params], sort_keys=True)
         return f"{self.kernel}-{hashlib.sha256(space.encode()).hexdigest()[:12]}"
+
+
+def finite_number(value: Any) -> bool:
+    """A real, finite int or float (JSON's true/false and NaN/Infinity are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def guess_role(name: str) -> str:

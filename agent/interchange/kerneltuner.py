@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.hardware.gpu import gpu_fingerprint, gpu_profile
-from agent.interchange.batch import ImportBatch, ImportedRun, ImportError_, guess_role
+from agent.interchange.batch import ImportBatch, ImportedRun, ImportError_, finite_number, guess_role
 
 __all__ = ["FAILURE_STATUS", "looks_like_kernel_tuner", "read_kernel_tuner", "write_kernel_tuner"]
 
@@ -119,23 +118,20 @@ def _entry(path: Path, entry_key: str, entry: Any, keys: Sequence[str]) -> Impor
             raise ImportError_(f"{where}: parameter {name} has a {type(value).__name__} value")
     time_ms = entry["time"]
     compile_ms = entry.get("compile_time")
-    compile_s = float(compile_ms) / 1e3 if _number(compile_ms) else None
+    compile_s = float(compile_ms) / 1e3 if finite_number(compile_ms) else None
     if isinstance(time_ms, str):
         status = FAILURE_STATUS.get(time_ms)
         if status is None:
             raise ImportError_(f"{where}: time {time_ms!r} is neither a number nor a known failure "
                                f"({', '.join(FAILURE_STATUS)})")
         return ImportedRun(config=config, status=status, compile_s=compile_s)
-    if not _number(time_ms) or not time_ms > 0:
+    if not finite_number(time_ms) or not time_ms > 0:
         raise ImportError_(f"{where}: time must be a positive number of milliseconds, got {time_ms!r}")
     times = entry.get("times", [])
-    samples = tuple(float(t) / 1e3 for t in times if _number(t)) if isinstance(times, list) else ()
+    samples = tuple(float(t) / 1e3 for t in times if finite_number(t)) if isinstance(times, list) else ()
     return ImportedRun(config=config, status="correct", time_s=float(time_ms) / 1e3, samples=samples,
                        compile_s=compile_s)
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def write_kernel_tuner(runs: Sequence[Mapping[str, Any]], *, device_name: str, kernel_name: str,

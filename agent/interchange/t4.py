@@ -16,13 +16,12 @@ or from the command line.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.hardware.gpu import gpu_fingerprint, gpu_profile
-from agent.interchange.batch import ImportBatch, ImportedRun, ImportError_, guess_role
+from agent.interchange.batch import ImportBatch, ImportedRun, ImportError_, finite_number, guess_role
 from agent.store import INVALIDITY
 
 __all__ = ["SCHEMA_VERSION", "looks_like_t4", "read_t4", "write_t4"]
@@ -110,16 +109,16 @@ def _result(path: Path, index: int, result: Any) -> ImportedRun:
         raise ImportError_(f"{where}: invalidity {status!r} is not one of {', '.join(INVALIDITY)}")
     times = result.get("times") if isinstance(result.get("times"), dict) else {}
     compile_s = times.get("compilation_time")
-    compile_s = float(compile_s) if _number(compile_s) else None
+    compile_s = float(compile_s) if finite_number(compile_s) else None
     runtimes = times.get("runtimes", [])
-    samples = tuple(float(t) for t in runtimes if _number(t)) if isinstance(runtimes, list) else ()
+    samples = tuple(float(t) for t in runtimes if finite_number(t)) if isinstance(runtimes, list) else ()
     if status != "correct":
         return ImportedRun(config=config, status=status, compile_s=compile_s)
     value = None
     for measurement in result.get("measurements") or []:
         if isinstance(measurement, dict) and measurement.get("name") == "time":
             raw, unit = measurement.get("value"), str(measurement.get("unit", "s"))
-            if not _number(raw) or unit not in _UNIT_SECONDS:
+            if not finite_number(raw) or unit not in _UNIT_SECONDS:
                 raise ImportError_(f"{where}: time measurement must be a number in s, ms, us or ns, "
                                    f"got {raw!r} {unit!r}")
             value = float(raw) * _UNIT_SECONDS[unit]
@@ -128,7 +127,3 @@ def _result(path: Path, index: int, result: Any) -> ImportedRun:
     if value is None or not value > 0:
         raise ImportError_(f"{where}: a correct result needs a positive time measurement")
     return ImportedRun(config=config, status="correct", time_s=value, samples=samples, compile_s=compile_s)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
