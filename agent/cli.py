@@ -461,6 +461,109 @@ def export(obj: _Context, fmt: str, tuning_id: int | None, kernel_names: tuple[s
         _write_text(output, json.dumps(document, indent=1) + "\n")
 
 
+DEFAULT_DATASETS = ("models/data/cpu-epyc-avx512-2026-11-25", "models/data/gpu-kernel-tuner-hub")
+
+
+def _datasets(paths: tuple[Path, ...]) -> list[str]:
+    chosen = [str(p) for p in paths] or [d for d in DEFAULT_DATASETS if Path(d).is_dir()]
+    if not chosen:
+        raise ConfigError("no dataset given and none of the default ones is here "
+                          f"({', '.join(DEFAULT_DATASETS)}); pass dataset folders")
+    return chosen
+
+
+def _training_modules() -> None:
+    missing = [m for m in ("torch", "gguf", "llama_cpp") if not _importable(m)]
+    if missing:
+        raise ConfigError(f"training needs {', '.join(missing)}: pip install 'edgetune[train]'")
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@cli.command()
+@click.argument("datasets", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", default="models", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the model files, vocab.json and metrics.json.")
+@click.option("--teacher-steps", default=None, type=click.IntRange(1), help="Training steps of the teacher.")
+@click.option("--student-steps", default=None, type=click.IntRange(1), help="Training steps of the student.")
+@click.option("--seed", default=0, show_default=True, help="Seed of initialisation and sampling.")
+@click.option("--card/--no-card", default=True, show_default=True,
+              help="Write the model card (README.md) from metrics.json and the eval report.")
+@click.option("--smoke", is_flag=True, help="Tiny models and 5 steps: checks the pipeline in seconds (not for use).")
+@json_option
+def train(datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, student_steps: int | None,
+          seed: int, card: bool, smoke: bool, as_json: bool) -> None:
+    """Train the teacher and the distilled 4-bit student on DATASETS (default: models/data/*).
+
+    Same datasets and seed, same models. Writes edgetune-student-q4_0.gguf,
+    edgetune-teacher-q8_0.gguf, vocab.json, metrics.json and the model card README.md.
+    A few minutes per model on two cores.
+    """
+    _training_modules()
+    from agent.train.pipeline import TrainRun, train_and_export
+
+    run = TrainRun()
+    if smoke:
+        from agent.train.model import ModelConfig
+
+        tiny = ModelConfig(dim=64, layers=2, heads=4, ffn_dim=128)
+        run = replace(run, teacher=tiny, student=tiny, teacher_train=replace(run.teacher_train, steps=5),
+                      student_train=replace(run.student_train, steps=5))
+    run = replace(run,
+                  teacher_train=replace(run.teacher_train, seed=seed, steps=teacher_steps or run.teacher_train.steps),
+                  student_train=replace(run.student_train, seed=seed, steps=student_steps or run.student_train.steps))
+    log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
+    metrics = train_and_export(_datasets(datasets), out_dir, run, log=log)
+    if card:
+        from agent.train.card import write_card
+
+        write_card(out_dir)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=1))
+
+
+@cli.command("eval")
+@click.argument("datasets", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", default="models/eval", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for report.md, report.json and report.png.")
+@click.option("--fold", "folds", multiple=True, metavar="NAME",
+              help="Only this fold (repeatable): shape+simd, kernel+gpu-1, kernel+gpu-2, kernel+gpu-3.")
+@click.option("--quick", is_flag=True, help="A smoke run: tiny models, few steps, 3 cases per split, no OpenTuner.")
+@click.option("--no-opentuner", is_flag=True, help="Leave the OpenTuner baseline out (it needs the train extra).")
+@click.option("--no-q4", is_flag=True, help="Leave the quantised llama.cpp student out.")
+@json_option
+def eval_(datasets: tuple[Path, ...], out_dir: Path, folds: tuple[str, ...], quick: bool, no_opentuner: bool,
+          no_q4: bool, as_json: bool) -> None:
+    """Evaluate on held-out splits: unseen shapes, SIMD level, kernels and GPUs, against baselines.
+
+    Trains a teacher and a student per fold (never on the cases it tests), replays every
+    held-out case's measured table with the models and with random search, nearest-case
+    reuse, a LightGBM cost model, OpenTuner and Kernel Tuner's strategies, and writes
+    Markdown, JSON and a PNG plot. The full run takes most of an hour on two cores.
+    """
+    _training_modules()
+    from agent.train.evaluate import EvalOptions, evaluate
+    from agent.train.model import ModelConfig
+    from agent.train.splits import SPLITS  # noqa: F401 - the fold names are documented above
+
+    options = EvalOptions(folds=folds, opentuner=not (no_opentuner or quick), quantized=not no_q4)
+    if quick:
+        tiny = ModelConfig(dim=64, layers=2, heads=4, ffn_dim=192)
+        options = replace(options, teacher=tiny, student=tiny, max_cases=3,
+                          teacher_train=replace(options.teacher_train, steps=20),
+                          student_train=replace(options.student_train, steps=20))
+    log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
+    report = evaluate(_datasets(datasets), out_dir, options, log=log)
+    if as_json:
+        click.echo(json.dumps(report["splits"], indent=1))
+    else:
+        click.echo((out_dir / "report.md").read_text(encoding="utf-8"), nl=False)
+
+
 def _write_text(output: Path | None, text: str) -> None:
     if output is None:
         click.echo(text, nl=False)

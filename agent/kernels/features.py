@@ -24,7 +24,8 @@ from typing import Any
 from agent.errors import SpecError
 from agent.kernels.spec import KernelSpec
 
-__all__ = ["KernelFeatures", "SourceFeatures", "arithmetic_intensity", "kernel_features", "source_features"]
+__all__ = ["KernelFeatures", "SourceFeatures", "arithmetic_intensity", "array_bytes", "kernel_features",
+           "source_features"]
 
 _ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "int32": 4, "int64": 8, "float32": 4, "float64": 8}
 _TOKEN = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|->|\+\+|--|[-+*/%&|^<>!=]=|&&|\|\||<<|>>|\S")
@@ -102,6 +103,13 @@ def arithmetic_intensity(spec: KernelSpec, shape: Mapping[str, int]) -> float | 
     """
     if spec.flops is None:
         return None
+    total = array_bytes(spec, shape)
+    flops = float(spec.flops.evaluate(shape))
+    return flops / total if total else math.inf
+
+
+def array_bytes(spec: KernelSpec, shape: Mapping[str, int]) -> int:
+    """Bytes of all the kernel's arrays at ``shape`` (its working set, read or written once)."""
     total = 0
     for arg in spec.args:
         if arg.is_array:
@@ -109,8 +117,7 @@ def arithmetic_intensity(spec: KernelSpec, shape: Mapping[str, int]) -> float | 
             for expr in arg.shape or ():
                 count *= int(expr.evaluate(shape))
             total += count * _ITEMSIZE[arg.dtype]
-    flops = float(spec.flops.evaluate(shape))
-    return flops / total if total else math.inf
+    return total
 
 
 def source_features(spec: KernelSpec, *, compiler: str = "cc") -> SourceFeatures | None:

@@ -1,0 +1,202 @@
+"""``edgetune eval``: train on each fold, replay the held-out cases, compare with the baselines.
+
+For every held-out case each method gives an evaluation order over the measured table
+(the configurations it would benchmark, in turn). From the order: best-of-k over the
+exhaustive optimum for k = 1, 3, 5, and how many evaluations reach 95% and 99% of it.
+Random search is scored by its exact expectation, not by a sample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.train import baselines
+from agent.train.cases import Case, load_cases
+from agent.train.fit import TrainOptions, slot_allowed, train_model
+from agent.train.model import STUDENT, TEACHER, Decoder, ModelConfig
+from agent.train.rank import FULL_SCORE_LIMIT, beam_rows, model_order
+from agent.train.splits import SPLITS, Fold, make_folds
+
+__all__ = ["EvalOptions", "evaluate", "summarise"]
+
+KS = (1, 3, 5)
+FRACTIONS = (0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    teacher: ModelConfig = TEACHER
+    student: ModelConfig = STUDENT
+    teacher_train: TrainOptions = field(default_factory=lambda: TrainOptions(steps=300, lr=1e-3))
+    student_train: TrainOptions = field(default_factory=lambda: TrainOptions(steps=400))
+    budget: int = 5
+    long_budget: int = 120
+    kt_strategies: tuple[str, ...] = ("random_sample", "genetic_algorithm", "simulated_annealing", "greedy_ils")
+    opentuner: bool = True
+    quantized: bool = True
+    folds: tuple[str, ...] = ()  # only these folds (default: all)
+    max_cases: int = 0  # per split per fold, for a quick look (0: all)
+
+
+def _metrics(case: Case, order: Sequence[int], wall_s: float) -> dict[str, Any]:
+    found = baselines.order_metrics(case, list(order), ks=KS, fractions=FRACTIONS)
+    return {"case": case.case_id, "best_of": {str(k): found["best_of_k"][k] for k in KS},
+            "evals_to": {str(f): found["evals_to"][f] for f in FRACTIONS}, "rows": len(case.configs),
+            "wall_s": wall_s}
+
+
+def _random_metrics(case: Case) -> dict[str, Any]:
+    return {"case": case.case_id,
+            "best_of": {str(k): baselines.random_expectation(case.times, k) for k in KS},
+            "evals_to": {str(f): baselines.random_expected_evals(case.times, f) for f in FRACTIONS},
+            "rows": len(case.configs), "wall_s": 0.0}
+
+
+def _timed(fn: Callable[..., Sequence[int]], *args: Any) -> tuple[list[int], float]:
+    started = time.perf_counter()
+    order = list(fn(*args))
+    return order, time.perf_counter() - started
+
+
+def _model_order(model: Decoder, case: Case, hide_name: bool) -> list[int]:
+    return model_order(model, case, hide_name=hide_name)
+
+
+def _q4_order(local: Any, case: Case, hide_name: bool) -> list[int]:
+    """The quantised student's order through llama.cpp (whole table, or the beam for large ones)."""
+    prompt = case.prompt(hide_name=hide_name)
+    allowed = slot_allowed(case)
+    noise = np.random.default_rng(zlib.crc32(case.case_id.encode())).random(len(case.configs))
+    if len(case.configs) <= FULL_SCORE_LIMIT:
+        scores = local.score(prompt, case.tokens, allowed)
+        return [int(i) for i in np.lexsort((noise, -scores))]
+
+    def slot_logp(prefixes: np.ndarray, j: int) -> np.ndarray:
+        out = np.empty((len(prefixes), len(allowed[j])))
+        for b, prefix in enumerate(prefixes):
+            logits = local.logits([*prompt, *map(int, prefix)])[-1][allowed[j]]
+            logits = logits - logits.max()
+            out[b] = logits - math.log(np.exp(logits).sum())
+        return out
+
+    ranked = beam_rows(case, slot_logp)
+    seen = set(ranked)
+    return ranked + [int(i) for i in np.argsort(noise) if int(i) not in seen]
+
+
+def _quantised(model: Decoder, workdir: Path, name: str) -> Any:
+    from agent.predict.local_model import LocalModel
+    from agent.train.gguf_export import quantize_gguf, write_gguf
+
+    f32 = write_gguf(model, _vocab(), workdir / f"{name}-f32.gguf", name=name)
+    q4 = quantize_gguf(f32, workdir / f"{name}-q4_0.gguf")
+    return LocalModel(q4)
+
+
+def _vocab() -> Any:
+    from agent.predict.vocab import vocabulary
+
+    return vocabulary()
+
+
+def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) -> dict[str, dict[str, list]]:
+    """Train the fold's teacher and student, then replay every held-out case with every method."""
+    started = time.monotonic()
+    log(f"[{fold.name}] teacher on {len(fold.train)} cases")
+    teacher = train_model(fold.train, options.teacher, options.teacher_train, log=log)
+    log(f"[{fold.name}] student (distilled)")
+    student = train_model(fold.train, options.student, options.student_train, teacher=teacher, log=log)
+    cost_model = baselines.CostModelBaseline()
+    cost_model.fit(fold.train)
+    results: dict[str, dict[str, list]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgetune-eval-") as tmp:
+        local = _quantised(student, Path(tmp), f"student-{fold.name}") if options.quantized else None
+        for split, tests in fold.tests.items():
+            hide = split in fold.hidden_names
+            if options.max_cases:
+                tests = tests[:: max(1, len(tests) // options.max_cases)][: options.max_cases]
+            per_method = results.setdefault(split, {})
+            for number, case in enumerate(tests, start=1):
+                plans: dict[str, tuple[Callable[..., Sequence[int]], tuple]] = {
+                    "teacher": (_model_order, (teacher, case, hide)),
+                    "student": (_model_order, (student, case, hide)),
+                    "nearest case": (baselines.nearest_case_order, (case, fold.train, options.budget)),
+                    "cost model (LightGBM)": (cost_model.order, (case, len(case.configs))),
+                }
+                if local is not None:
+                    plans["student Q4 (llama.cpp)"] = (_q4_order, (local, case, hide))
+                if options.opentuner:
+                    for budget in (options.budget, options.long_budget):
+                        plans[f"OpenTuner {budget}"] = (baselines.opentuner_order, (case, budget, 0))
+                for strategy in options.kt_strategies:
+                    plans[f"Kernel Tuner {strategy}"] = (baselines.kernel_tuner_order,
+                                                         (case, strategy, options.budget, 0))
+                runs = {method: _timed(fn, *args) for method, (fn, args) in plans.items()}
+                for method, (order, wall) in runs.items():
+                    per_method.setdefault(method, []).append(_metrics(case, order, wall))
+                per_method.setdefault("random (exact expectation)", []).append(_random_metrics(case))
+                per_method.setdefault("exhaustive", []).append(
+                    _metrics(case, baselines.exhaustive_order(case), 0.0))
+                if number % 10 == 0 or number == len(tests):
+                    log(f"[{fold.name}] {split}: {number}/{len(tests)} cases ({time.monotonic() - started:.0f} s)")
+        if local is not None:
+            local.close()
+    return results
+
+
+def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
+    """Geometric mean of best-of-k, median evaluations to each fraction, share reaching it."""
+    out: dict[str, Any] = {"cases": len(per_case)}
+    for k in KS:
+        values = [max(r["best_of"][str(k)], 1e-9) for r in per_case]
+        out[f"best_of_{k}"] = float(math.exp(np.mean(np.log(values)))) if values else None
+    for f in FRACTIONS:
+        evals = [r["evals_to"][str(f)] for r in per_case]
+        reached = [e for e in evals if e is not None]
+        padded = [e if e is not None else r["rows"] + 1 for e, r in zip(evals, per_case, strict=False)]
+        out[f"evals_to_{f}"] = float(np.median(padded)) if padded else None
+        out[f"reached_{f}"] = len(reached) / len(evals) if evals else None
+    out["wall_ms_median"] = float(np.median([r["wall_s"] for r in per_case]) * 1000) if per_case else None
+    return out
+
+
+def evaluate(datasets: Sequence[str], out_dir: str | Path, options: EvalOptions,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every fold and write ``report.json``, ``report.md`` and ``report.png`` to ``out_dir``."""
+    cases = load_cases(datasets)
+    folds = [f for f in make_folds(cases) if not options.folds or f.name in options.folds]
+    started = time.monotonic()
+    merged: dict[str, dict[str, list]] = {}
+    for fold in folds:
+        for split, methods in evaluate_fold(fold, options, log).items():
+            for method, rows in methods.items():
+                merged.setdefault(split, {}).setdefault(method, []).extend(rows)
+    report = {
+        "datasets": list(datasets),
+        "options": _jsonable(asdict(options)),
+        "splits": {split: {"description": SPLITS[split],
+                           "methods": {m: summarise(rows) for m, rows in methods.items()}}
+                   for split, methods in merged.items()},
+        "per_case": merged,
+        "folds": [{"name": f.name, "train_cases": len(f.train),
+                   "test_cases": {s: len(t) for s, t in f.tests.items()}} for f in folds],
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    from agent.train.report import write_report
+
+    write_report(report, Path(out_dir))
+    return report
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

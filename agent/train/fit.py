@@ -1,0 +1,150 @@
+"""Training: a teacher from measured targets, a student from the targets and the teacher.
+
+Each step draws cases, and for each case configurations from its target distribution
+(:meth:`Case.targets`: the good configurations weighted by how close they are to the
+best). The loss is the cross-entropy of every configuration token, each slot's softmax
+restricted to the values that slot can take. The student adds the KL divergence from
+the teacher's distribution at every slot (distillation). The kernel's name is hidden
+from the prompt in a quarter of the draws so that the model also learns to predict
+from structure alone, as it must for a kernel it has never seen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agent.predict.vocab import vocabulary
+from agent.train.cases import Case
+from agent.train.model import Decoder, ModelConfig
+
+__all__ = ["TrainOptions", "score_case", "slot_allowed", "train_model"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    steps: int = 400
+    cases_per_step: int = 16
+    configs_per_case: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: int = 30
+    temperature: float = 0.05  # of the targets (see Case.targets)
+    hide_name: float = 0.25  # share of draws with the kernel's name hidden
+    gpu_weight: float = 4.0  # GPU cases are few; draw each this much more often
+    distill: float = 0.5  # student: weight of the teacher term (the rest is the measured targets)
+    seed: int = 0
+
+
+def slot_allowed(case: Case) -> list[list[int]]:
+    """Per slot, the distinct token ids its declared values map to (in first-seen order)."""
+    return [list(dict.fromkeys(slot.token_ids)) for slot in case.codec.slots]
+
+
+def _pad(rows: Sequence[Sequence[int]], width: int, fill: int) -> list[list[int]]:
+    return [list(r) + [fill] * (width - len(r)) for r in rows]
+
+
+def _batch(cases: Sequence[Case], rows: Sequence[np.ndarray], hide: Sequence[bool],
+           row_weights: Sequence[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors for slot_logits plus target positions and a mask of real slots (weighted per row)."""
+    prompts = [c.prompt(hide_name=h) for c, h in zip(cases, hide, strict=False)]
+    p = max(len(x) for x in prompts)
+    c_max = max(len(c.codec.slots) for c in cases)
+    allowed = [slot_allowed(c) for c in cases]
+    v_max = max(len(a) for per_case in allowed for a in per_case)
+    allowed_t = torch.full((len(cases), c_max, v_max), -1, dtype=torch.long)
+    for b, per_case in enumerate(allowed):
+        for j, ids in enumerate(per_case):
+            allowed_t[b, j, :len(ids)] = torch.tensor(ids)
+        allowed_t[b, len(per_case):, 0] = 0  # padded slots: one dummy choice, masked out of the loss
+    n = max(len(r) for r in rows)
+    configs = torch.zeros((len(cases), n, c_max), dtype=torch.long)
+    target = torch.zeros((len(cases), n, c_max), dtype=torch.long)
+    mask = torch.zeros((len(cases), n, c_max))
+    for b, (case, idx) in enumerate(zip(cases, rows, strict=False)):
+        tokens = case.tokens[idx]  # [n_b, C_b]
+        nb, cb = tokens.shape
+        configs[b, :nb, :cb] = torch.from_numpy(tokens)
+        for j in range(cb):
+            position = {t: i for i, t in enumerate(allowed[b][j])}
+            target[b, :nb, j] = torch.tensor([position[t] for t in tokens[:, j]])
+        mask[b, :nb, :cb] = 1.0 if row_weights is None else torch.from_numpy(row_weights[b]).float()[:, None]
+    return {"prompts": torch.tensor(_pad(prompts, p, 0)), "lengths": torch.tensor([len(x) for x in prompts]),
+            "configs": configs, "allowed": allowed_t, "target": target, "mask": mask}
+
+
+def _logits(model: Decoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model.slot_logits(batch["prompts"], batch["lengths"], batch["configs"], batch["allowed"])
+
+
+def train_model(cases: Sequence[Case], cfg: ModelConfig, options: TrainOptions, *, teacher: Decoder | None = None,
+                log: Callable[[str], None] | None = None) -> Decoder:
+    """Train a decoder of size ``cfg`` on ``cases`` (distilling from ``teacher`` if given)."""
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    model = Decoder(cfg, vocabulary())
+    # Weight decay on the matrices and the per-token residual rows, not on the shared factors.
+    shared = ("emb_field", "emb_value", "emb_scale", "out_field", "out_value", "out_scale")
+    decay = [p for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith(shared)]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and not n.startswith(shared))]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=options.lr, betas=(0.9, 0.95))
+    weights = np.array([options.gpu_weight if c.kind == "gpu" else 1.0 for c in cases])
+    weights /= weights.sum()
+    targets = [c.targets(options.temperature) for c in cases]
+    started = time.monotonic()
+    for step in range(options.steps):
+        lr = options.lr * min(1.0, (step + 1) / options.warmup)
+        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / options.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        picked = rng.choice(len(cases), size=min(options.cases_per_step, len(cases)), replace=False, p=weights)
+        chosen = [cases[i] for i in picked]
+        # Draws from the target distribution repeat good rows; each distinct row is computed
+        # once and weighted by how often it was drawn.
+        draws = [np.unique(rng.choice(len(targets[i]), size=options.configs_per_case, p=targets[i]),
+                           return_counts=True) for i in picked]
+        rows = [d[0] for d in draws]
+        counts = [d[1].astype(np.float64) for d in draws]
+        hide = list(rng.random(len(chosen)) < options.hide_name)
+        batch = _batch(chosen, rows, hide, counts)
+        logits = _logits(model, batch)
+        logp = F.log_softmax(logits, dim=-1)
+        nll = -logp.gather(-1, batch["target"][..., None]).squeeze(-1)
+        loss = (nll * batch["mask"]).sum() / batch["mask"].sum()
+        if teacher is not None and options.distill > 0:
+            with torch.no_grad():
+                p_teacher = F.softmax(_logits(teacher, batch), dim=-1)
+            kl = (p_teacher * (torch.log(p_teacher.clamp_min(1e-12)) - logp.clamp_min(-1e9))).sum(-1)
+            loss = (1 - options.distill) * loss + options.distill * (kl * batch["mask"]).sum() / batch["mask"].sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if log and (step % 25 == 0 or step == options.steps - 1):
+            log(f"step {step + 1}/{options.steps} loss {loss.item():.4f} lr {lr:.2e} "
+                f"({time.monotonic() - started:.0f} s)")
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def score_case(model: Decoder, case: Case, *, hide_name: bool = False, chunk: int = 1024) -> np.ndarray:
+    """Log-probability of every table row under ``model`` (each slot normalised over its values)."""
+    allowed = slot_allowed(case)
+    batch_proto = _batch([case], [np.arange(min(len(case.configs), chunk))], [hide_name])
+    out = np.empty(len(case.configs))
+    for start in range(0, len(case.configs), chunk):
+        idx = np.arange(start, min(start + chunk, len(case.configs)))
+        batch = _batch([case], [idx], [hide_name]) if start else batch_proto
+        logp = F.log_softmax(_logits(model, batch), dim=-1)
+        picked = logp.gather(-1, batch["target"][..., None]).squeeze(-1)[0, :len(idx), :len(allowed)]
+        out[idx] = picked.sum(-1).numpy()
+    return out

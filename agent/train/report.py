@@ -1,0 +1,85 @@
+"""Write an evaluation report as JSON, Markdown and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown_report", "write_report"]
+
+TARGETS = {"shape": 0.97, "simd": 0.93, "kernel": 0.93, "gpu": 0.95}
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The report's tables: one per split, one row per method."""
+    lines = ["# edgetune evaluation", "",
+             f"Datasets: {', '.join(report['datasets'])}. Wall time {report['wall_s']:.0f} s.", "",
+             "Best-of-k is the geometric mean over held-out cases of optimum / best among the first k "
+             "configurations a method evaluates (1.0 = it found the measured optimum). "
+             "Evals to 95%/99% is the median number of evaluations until one reaches that share of the "
+             "optimum (table size + 1 where never), with the share of cases that reached it. "
+             "Random search is its exact expectation.", ""]
+    for fold in report["folds"]:
+        lines.append(f"- fold `{fold['name']}`: trained on {fold['train_cases']} cases, tested on "
+                     + ", ".join(f"{n} {s}" for s, n in fold["test_cases"].items()))
+    for split, data in report["splits"].items():
+        target = TARGETS.get(split)
+        lines += ["", f"## {split}: {data['description']}", ""]
+        if target:
+            lines.append(f"Target: student Q4 best-of-5 >= {target}.")
+            lines.append("")
+        lines += ["| method | cases | best-of-1 | best-of-3 | best-of-5 | evals to 95% | reached | evals to 99% "
+                  "| reached | ms per case |", "|---|---|---|---|---|---|---|---|---|---|"]
+        methods = sorted(data["methods"].items(), key=lambda item: -(item[1].get("best_of_5") or 0))
+        for method, s in methods:
+            lines.append(f"| {method} | {s['cases']} | {_fmt(s['best_of_1'])} | {_fmt(s['best_of_3'])} | "
+                         f"{_fmt(s['best_of_5'])} | {_fmt(s['evals_to_0.95'], 1)} | {_fmt(s['reached_0.95'], 2)} | "
+                         f"{_fmt(s['evals_to_0.99'], 1)} | {_fmt(s['reached_0.99'], 2)} | "
+                         f"{_fmt(s['wall_ms_median'], 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(report["splits"])
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 4.5), squeeze=False)
+    for ax, split in zip(axes[0], splits, strict=False):
+        methods = report["splits"][split]["methods"]
+        names = sorted(methods, key=lambda m: -(methods[m].get("best_of_5") or 0))
+        values = [methods[m].get("best_of_5") or 0 for m in names]
+        colors = ["tab:blue" if m.startswith(("student", "teacher")) else "tab:gray" for m in names]
+        ax.barh(range(len(names)), values, color=colors)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(min(0.5, min(values or [0.5])), 1.0)
+        if split in TARGETS:
+            ax.axvline(TARGETS[split], color="tab:red", linestyle="--", linewidth=1)
+        ax.set_title(f"{split}: best-of-5 / optimum", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    """``report.json`` (everything, per case too), ``report.md`` and ``report.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("report.json", json.dumps(report, indent=1, sort_keys=True) + "\n"),
+                       ("report.md", markdown_report(report))):
+        partial = out_dir / (name + ".partial")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, out_dir / name)
+    _plot(report, out_dir / "report.png")
