@@ -1,11 +1,16 @@
-# Two commands do all the set-up on a fresh machine (Python >= 3.10, a C compiler with OpenMP):
+# Two commands do all the set-up on a fresh machine (Python >= 3.10, a C compiler with OpenMP, cmake):
 #   make run    create .venv, install edgetune, probe this machine, tune the built-in GEMM
 #   make test   create .venv, install edgetune with its test tools, run the tests
+# llama-cpp-python compiles llama.cpp from source on install: 5-7 minutes on two cores the
+# first time; pip's wheel cache makes later installs quick.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint clean
+# The multimodal (llava) part of llama.cpp is not needed and doubles the build.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+
+.PHONY: run test bench train eval lint clean
 
 run: $(VENV)/.installed
 	$(BIN)/edgetune probe
@@ -16,6 +21,12 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/gemm_space.py
+
+train: $(VENV)/.installed-dev
+	$(BIN)/edgetune train
+
+eval: $(VENV)/.installed-dev
+	$(BIN)/edgetune eval --jobs 2
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check agent tests benchmarks

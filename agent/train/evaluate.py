@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import sys
 import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from agent.train import baselines
 from agent.train.cases import Case, load_cases
-from agent.train.fit import TrainOptions, slot_allowed, train_model
+from agent.train.fit import STUDENT_TRAINING, TEACHER_TRAINING, TrainOptions, slot_allowed, train_model
 from agent.train.model import STUDENT, TEACHER, Decoder, ModelConfig
 from agent.train.rank import FULL_SCORE_LIMIT, beam_rows, model_order
 from agent.train.splits import SPLITS, Fold, make_folds
@@ -37,8 +40,8 @@ FRACTIONS = (0.95, 0.99)
 class EvalOptions:
     teacher: ModelConfig = TEACHER
     student: ModelConfig = STUDENT
-    teacher_train: TrainOptions = field(default_factory=lambda: TrainOptions(steps=300, lr=1e-3))
-    student_train: TrainOptions = field(default_factory=lambda: TrainOptions(steps=400))
+    teacher_train: TrainOptions = TEACHER_TRAINING
+    student_train: TrainOptions = STUDENT_TRAINING
     budget: int = 5
     long_budget: int = 120
     kt_strategies: tuple[str, ...] = ("random_sample", "genetic_algorithm", "simulated_annealing", "greedy_ils")
@@ -170,15 +173,31 @@ def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _fold_in_process(datasets: list[str], fold_name: str, options: EvalOptions) -> dict[str, dict[str, list]]:
+    import torch
+
+    torch.set_num_threads(1)
+    fold = next(f for f in make_folds(load_cases(datasets)) if f.name == fold_name)
+    return evaluate_fold(fold, options, lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def evaluate(datasets: Sequence[str], out_dir: str | Path, options: EvalOptions,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every fold and write ``report.json``, ``report.md`` and ``report.png`` to ``out_dir``."""
+             log: Callable[[str], None] = print, *, jobs: int = 1) -> dict[str, Any]:
+    """Run every fold (``jobs`` at a time) and write ``report.json``, ``report.md`` and ``report.png``."""
     cases = load_cases(datasets)
     folds = [f for f in make_folds(cases) if not options.folds or f.name in options.folds]
     started = time.monotonic()
     merged: dict[str, dict[str, list]] = {}
-    for fold in folds:
-        for split, methods in evaluate_fold(fold, options, log).items():
+    if jobs > 1 and len(folds) > 1:
+        # One process per fold, one thread each: two cores run two folds side by side.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(_fold_in_process, list(datasets), fold.name, options) for fold in folds]
+            outcomes = [future.result() for future in futures]
+    else:
+        outcomes = [evaluate_fold(fold, options, log) for fold in folds]
+    for outcome in outcomes:
+        for split, methods in outcome.items():
             for method, rows in methods.items():
                 merged.setdefault(split, {}).setdefault(method, []).extend(rows)
     report = {

@@ -24,7 +24,7 @@ from agent.predict.vocab import vocabulary
 from agent.train.cases import Case
 from agent.train.model import Decoder, ModelConfig
 
-__all__ = ["TrainOptions", "score_case", "slot_allowed", "train_model"]
+__all__ = ["STUDENT_TRAINING", "TEACHER_TRAINING", "TrainOptions", "score_case", "slot_allowed", "train_model"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,14 @@ class TrainOptions:
     hide_name: float = 0.25  # share of draws with the kernel's name hidden
     gpu_weight: float = 4.0  # GPU cases are few; draw each this much more often
     distill: float = 0.5  # student: weight of the teacher term (the rest is the measured targets)
+    listwise: float = 1.0  # weight of the ranking term over drawn + uniform rows (0: likelihood only)
+    uniform_rows: int = 8  # rows drawn uniformly per case for the ranking term
     seed: int = 0
+
+
+# The schedules `edgetune train` and `edgetune eval` use (one place, so eval judges what ships).
+TEACHER_TRAINING = TrainOptions(steps=200, lr=1e-3)
+STUDENT_TRAINING = TrainOptions(steps=250)
 
 
 def slot_allowed(case: Case) -> list[list[int]]:
@@ -84,6 +91,30 @@ def _logits(model: Decoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model.slot_logits(batch["prompts"], batch["lengths"], batch["configs"], batch["allowed"])
 
 
+def _listwise(logp: torch.Tensor, batch: dict[str, torch.Tensor], rows: Sequence[np.ndarray],
+              targets: Sequence[np.ndarray]) -> torch.Tensor:
+    """ListNet: cross-entropy between each case's target weights over its drawn rows and the
+    softmax of the model's sequence log-probabilities over the same rows."""
+    per_slot = logp.gather(-1, batch["target"][..., None]).squeeze(-1)
+    scores = (per_slot * _slot_mask(batch, rows)).sum(-1)  # [B, N]
+    loss = scores.new_zeros(())
+    for b, (r, t) in enumerate(zip(rows, targets)):
+        unique, first = np.unique(r, return_index=True)
+        weights = torch.from_numpy(t[unique] + 1e-9).float()
+        weights = weights / weights.sum()
+        loss = loss - (weights * F.log_softmax(scores[b, torch.from_numpy(first)], dim=0)).sum()
+    return loss / len(rows)
+
+
+def _slot_mask(batch: dict[str, torch.Tensor], rows: Sequence[np.ndarray]) -> torch.Tensor:
+    """1 for the real slots of the real rows (whatever their likelihood weight), else 0."""
+    mask = torch.zeros(batch["mask"].shape)
+    real_slots = (batch["allowed"][:, :, 0] > 0).float()  # padded slots hold the dummy id 0
+    for b, r in enumerate(rows):
+        mask[b, :len(r)] = real_slots[b]
+    return mask
+
+
 def train_model(cases: Sequence[Case], cfg: ModelConfig, options: TrainOptions, *, teacher: Decoder | None = None,
                 log: Callable[[str], None] | None = None) -> Decoder:
     """Train a decoder of size ``cfg`` on ``cases`` (distilling from ``teacher`` if given)."""
@@ -91,7 +122,7 @@ def train_model(cases: Sequence[Case], cfg: ModelConfig, options: TrainOptions, 
     rng = np.random.default_rng(options.seed)
     model = Decoder(cfg, vocabulary())
     # Weight decay on the matrices and the per-token residual rows, not on the shared factors.
-    shared = ("emb_field", "emb_value", "emb_scale", "out_field", "out_value", "out_scale")
+    shared = ("emb_field", "emb_value", "emb_scale", "out_field", "out_scale")
     decay = [p for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith(shared)]
     rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and not n.startswith(shared))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
@@ -111,14 +142,20 @@ def train_model(cases: Sequence[Case], cfg: ModelConfig, options: TrainOptions, 
         # once and weighted by how often it was drawn.
         draws = [np.unique(rng.choice(len(targets[i]), size=options.configs_per_case, p=targets[i]),
                            return_counts=True) for i in picked]
-        rows = [d[0] for d in draws]
-        counts = [d[1].astype(np.float64) for d in draws]
+        # Rows drawn uniformly carry no likelihood weight; they give the ranking term bad
+        # configurations to rank below the good ones.
+        extra = [rng.choice(len(targets[i]), size=min(options.uniform_rows, len(targets[i])), replace=False)
+                 if options.listwise > 0 else np.zeros(0, dtype=np.int64) for i in picked]
+        rows = [np.concatenate((d[0], e)) for d, e in zip(draws, extra)]
+        counts = [np.concatenate((d[1].astype(np.float64), np.zeros(len(e)))) for d, e in zip(draws, extra)]
         hide = list(rng.random(len(chosen)) < options.hide_name)
         batch = _batch(chosen, rows, hide, counts)
         logits = _logits(model, batch)
         logp = F.log_softmax(logits, dim=-1)
         nll = -logp.gather(-1, batch["target"][..., None]).squeeze(-1)
         loss = (nll * batch["mask"]).sum() / batch["mask"].sum()
+        if options.listwise > 0:
+            loss = loss + options.listwise * _listwise(logp, batch, rows, [targets[i] for i in picked])
         if teacher is not None and options.distill > 0:
             with torch.no_grad():
                 p_teacher = F.softmax(_logits(teacher, batch), dim=-1)

@@ -3,6 +3,9 @@
 RMSNorm, rotary position embeddings in llama.cpp's "normal" (adjacent-pair) layout, SwiGLU
 feed-forward, no biases. Two training-only details do not change what is exported:
 
+- The value factor is shared by input and output (``lanes32=8`` in the prompt and
+  ``vector#0=8`` in the answer use one vector for ``8``), which makes "copy this value"
+  easy to learn.
 - Embedding and output rows are factorised as ``field + value + magnitude * field
   direction + residual`` (``tile#1=64`` shares ``tile#1`` and ``64`` with other tokens,
   and sits between ``tile#1=32`` and ``tile#1=128``), so rare tokens borrow from common
@@ -48,9 +51,10 @@ class ModelConfig:
         return asdict(self)
 
 
-# Sizes: Q4_0 needs rows in multiples of 32, which every width here is.
+# Sizes: Q4_0/Q8_0 need rows in multiples of 32, which every width here is. The teacher
+# is sized for training on a two-core CPU in minutes (about 2.5x the student's compute).
 STUDENT = ModelConfig(dim=256, layers=4, heads=8, ffn_dim=768)
-TEACHER = ModelConfig(dim=512, layers=6, heads=8, ffn_dim=1536)
+TEACHER = ModelConfig(dim=384, layers=4, heads=6, ffn_dim=1152)
 
 
 def _magnitude(value: str) -> float:
@@ -180,7 +184,6 @@ class Decoder(nn.Module):
         self.emb_value = nn.Parameter(torch.randn(n_values, cfg.dim) * std)
         self.emb_token = nn.Parameter(torch.randn(cfg.vocab_size, cfg.dim) * std * 0.25)
         self.out_field = nn.Parameter(torch.randn(n_fields, cfg.dim) * std)
-        self.out_value = nn.Parameter(torch.randn(n_values, cfg.dim) * std)
         self.out_token = nn.Parameter(torch.randn(cfg.vocab_size, cfg.dim) * std * 0.25)
         # A direction per field along which a value's log2 magnitude moves it, so that an
         # unseen size bucket lands between its neighbours instead of at random.
@@ -207,7 +210,7 @@ class Decoder(nn.Module):
 
     def _out_rows(self, ids: torch.Tensor) -> torch.Tensor:
         fields = self.field_ids[ids]
-        return (self.out_field[fields] + self.out_value[self.value_ids[ids]] + self.out_token[ids]
+        return (self.out_field[fields] + self.emb_value[self.value_ids[ids]] + self.out_token[ids]
                 + self.magnitudes[ids] * self.out_scale[fields])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 
 from agent.predict.vocab import vocabulary
 from agent.train.cases import Case, load_cases
-from agent.train.fit import TrainOptions, score_case, slot_allowed, train_model
+from agent.train.fit import STUDENT_TRAINING, TEACHER_TRAINING, TrainOptions, score_case, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
 from agent.train.model import STUDENT, TEACHER, Decoder, ModelConfig
 
@@ -43,8 +43,8 @@ AGREEMENT_CASES = 24
 class TrainRun:
     teacher: ModelConfig = TEACHER
     student: ModelConfig = STUDENT
-    teacher_train: TrainOptions = field(default_factory=lambda: TrainOptions(steps=300, lr=1e-3))
-    student_train: TrainOptions = field(default_factory=lambda: TrainOptions(steps=400))
+    teacher_train: TrainOptions = TEACHER_TRAINING
+    student_train: TrainOptions = STUDENT_TRAINING
 
 
 def _params(model: Decoder) -> int:
