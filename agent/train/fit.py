@@ -98,7 +98,7 @@ def _listwise(logp: torch.Tensor, batch: dict[str, torch.Tensor], rows: Sequence
     per_slot = logp.gather(-1, batch["target"][..., None]).squeeze(-1)
     scores = (per_slot * _slot_mask(batch, rows)).sum(-1)  # [B, N]
     loss = scores.new_zeros(())
-    for b, (r, t) in enumerate(zip(rows, targets)):
+    for b, (r, t) in enumerate(zip(rows, targets, strict=False)):
         unique, first = np.unique(r, return_index=True)
         weights = torch.from_numpy(t[unique] + 1e-9).float()
         weights = weights / weights.sum()
@@ -146,8 +146,8 @@ def train_model(cases: Sequence[Case], cfg: ModelConfig, options: TrainOptions, 
         # configurations to rank below the good ones.
         extra = [rng.choice(len(targets[i]), size=min(options.uniform_rows, len(targets[i])), replace=False)
                  if options.listwise > 0 else np.zeros(0, dtype=np.int64) for i in picked]
-        rows = [np.concatenate((d[0], e)) for d, e in zip(draws, extra)]
-        counts = [np.concatenate((d[1].astype(np.float64), np.zeros(len(e)))) for d, e in zip(draws, extra)]
+        rows = [np.concatenate((d[0], e)) for d, e in zip(draws, extra, strict=False)]
+        counts = [np.concatenate((d[1].astype(np.float64), np.zeros(len(e)))) for d, e in zip(draws, extra, strict=False)]
         hide = list(rng.random(len(chosen)) < options.hide_name)
         batch = _batch(chosen, rows, hide, counts)
         logits = _logits(model, batch)
