@@ -146,8 +146,9 @@ def train_model(cases: Sequence[Case], cfg: ModelConfig, options: TrainOptions, 
         # configurations to rank below the good ones.
         extra = [rng.choice(len(targets[i]), size=min(options.uniform_rows, len(targets[i])), replace=False)
                  if options.listwise > 0 else np.zeros(0, dtype=np.int64) for i in picked]
-        rows = [np.concatenate((d[0], e)) for d, e in zip(draws, extra, strict=False)]
-        counts = [np.concatenate((d[1].astype(np.float64), np.zeros(len(e)))) for d, e in zip(draws, extra, strict=False)]
+        rows = [np.concatenate((d[0], e)) for d, e in zip(draws, extra, strict=True)]
+        counts = [np.concatenate((d[1].astype(np.float64), np.zeros(len(e))))
+                  for d, e in zip(draws, extra, strict=True)]
         hide = list(rng.random(len(chosen)) < options.hide_name)
         batch = _batch(chosen, rows, hide, counts)
         logits = _logits(model, batch)
