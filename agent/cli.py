@@ -494,9 +494,10 @@ def _importable(module: str) -> bool:
 @click.option("--card/--no-card", default=True, show_default=True,
               help="Write the model card (README.md) from metrics.json and the eval report.")
 @click.option("--smoke", is_flag=True, help="Tiny models and 5 steps: checks the pipeline in seconds (not for use).")
+@click.option("--threads", type=click.IntRange(1), help="PyTorch threads (default: the machine's cores).")
 @json_option
 def train(datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, student_steps: int | None,
-          seed: int, card: bool, smoke: bool, as_json: bool) -> None:
+          seed: int, card: bool, smoke: bool, threads: int | None, as_json: bool) -> None:
     """Train the teacher and the distilled 4-bit student on DATASETS (default: models/data/*).
 
     Same datasets and seed, same models. Writes edgetune-student-q4_0.gguf,
@@ -517,7 +518,7 @@ def train(datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, 
                   teacher_train=replace(run.teacher_train, seed=seed, steps=teacher_steps or run.teacher_train.steps),
                   student_train=replace(run.student_train, seed=seed, steps=student_steps or run.student_train.steps))
     log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
-    metrics = train_and_export(_datasets(datasets), out_dir, run, log=log)
+    metrics = train_and_export(_datasets(datasets), out_dir, run, log=log, threads=threads)
     if card:
         from agent.train.card import write_card
 

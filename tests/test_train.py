@@ -75,6 +75,21 @@ def test_training_learns_a_rule_that_holds_on_unseen_shapes() -> None:
     assert firsts[0] > synthetic_case(128, 1024).best_time
 
 
+def test_the_ranking_term_prefers_the_order_of_the_targets() -> None:
+    from agent.train.fit import _listwise
+
+    batch = {"target": torch.zeros((1, 2, 1), dtype=torch.long), "mask": torch.ones((1, 2, 1)),
+             "configs": torch.zeros((1, 2, 1), dtype=torch.long), "allowed": torch.tensor([[[300, 301]]])}
+    rows, targets = [np.array([0, 1])], [np.array([0.9, 0.1])]
+
+    def loss(good: float, bad: float) -> float:
+        logp = torch.log(torch.tensor([[[[good, 1 - good]], [[bad, 1 - bad]]]]))
+        return float(_listwise(logp, batch, rows, targets))
+
+    # Row 0 is the good one: scoring it higher must cost less than the reverse.
+    assert loss(0.9, 0.1) < loss(0.5, 0.5) < loss(0.1, 0.9)
+
+
 def test_beam_search_reaches_the_rows_that_full_scoring_ranks_first() -> None:
     torch.manual_seed(1)
     model = Decoder(TINY, vocabulary())

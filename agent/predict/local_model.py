@@ -5,9 +5,10 @@ the process on some malformed files): it must exist, be a ``llama`` GGUF with ev
 whole, and carry the vocabulary this edgetune speaks. Every problem is a one-line
 :class:`~agent.predict.errors.ModelFileError` naming the file.
 
-Scoring walks the configurations as a trie: the prompt is evaluated once, rows are sorted,
-and each row evaluates only the tokens after the prefix it shares with the row before,
-rewinding llama.cpp's KV cache to that prefix. The KV cache is kept in f32 so results match
+Scoring walks the configurations as a trie through llama.cpp's C API: the prompt is decoded
+once and belongs to every sequence; rows are sorted and taken in groups (one sequence per
+row), each distinct prefix in a group is decoded once for all the rows that pass through
+it, and the cache is cut back to the prompt between groups. The KV cache is kept in f32 so results match
 the PyTorch model to float rounding (an f16 cache costs ~1% of the logits' scale).
 """
 

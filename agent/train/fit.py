@@ -39,14 +39,14 @@ class TrainOptions:
     hide_name: float = 0.25  # share of draws with the kernel's name hidden
     gpu_weight: float = 4.0  # GPU cases are few; draw each this much more often
     distill: float = 0.5  # student: weight of the teacher term (the rest is the measured targets)
-    listwise: float = 1.0  # weight of the ranking term over drawn + uniform rows (0: likelihood only)
+    listwise: float = 0.0  # weight of a ranking term over drawn + uniform rows (0: likelihood only)
     uniform_rows: int = 8  # rows drawn uniformly per case for the ranking term
     seed: int = 0
 
 
 # The schedules `edgetune train` and `edgetune eval` use (one place, so eval judges what ships).
-TEACHER_TRAINING = TrainOptions(steps=200, lr=1e-3)
-STUDENT_TRAINING = TrainOptions(steps=250)
+TEACHER_TRAINING = TrainOptions(steps=200, lr=1e-3, temperature=0.1)
+STUDENT_TRAINING = TrainOptions(steps=250, temperature=0.1)
 
 
 def slot_allowed(case: Case) -> list[list[int]]:

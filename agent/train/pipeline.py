@@ -79,11 +79,13 @@ def _in_sample(model_scores: list[np.ndarray], cases: Sequence[Case]) -> dict[st
 
 
 def train_and_export(datasets: Sequence[str], out_dir: str | Path, run: TrainRun,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     log: Callable[[str], None] = print, *, threads: int | None = None) -> dict[str, Any]:
     """Train teacher and student on every case of ``datasets``; write the model files and metrics."""
     from agent.predict.local_model import LocalModel
 
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    # Results do not depend on the thread count beyond float rounding; a busy machine
+    # wants fewer threads (OpenMP threads spin while they wait for a core).
+    torch.set_num_threads(threads or max(1, min(os.cpu_count() or 1, 8)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
