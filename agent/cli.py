@@ -561,6 +561,10 @@ def eval_(datasets: tuple[Path, ...], out_dir: Path, folds: tuple[str, ...], qui
                           student_train=replace(options.student_train, steps=20))
     log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     report = evaluate(_datasets(datasets), out_dir, options, log=log, jobs=jobs)
+    if (out_dir.parent / "metrics.json").is_file():  # models/eval beside a trained models/: refresh its card
+        from agent.train.card import write_card
+
+        write_card(out_dir.parent)
     if as_json:
         click.echo(json.dumps(report["splits"], indent=1))
     else:

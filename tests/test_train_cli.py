@@ -52,6 +52,16 @@ def test_train_writes_models_that_llama_cpp_loads(tmp_path: Path, small_dataset:
         scores = model.score(case.prompt(), case.tokens, slot_allowed(case))
         assert model.metadata["role"] == "student"
     assert scores.shape == (len(case.configs),) and (scores < 0).all()
+    # Same datasets, seed and threads: the same bytes.
+    again = tmp_path / "again"
+    result = run_cli("train", str(small_dataset), "-o", str(again), "--smoke", "--threads", "1", "--no-card",
+                     timeout=600)
+    assert result.returncode == 0, result.stderr
+    first = run_cli("train", str(small_dataset), "-o", str(out), "--smoke", "--threads", "1", "--no-card",
+                    timeout=600)
+    assert first.returncode == 0, first.stderr
+    for name in ("edgetune-student-q4_0.gguf", "edgetune-teacher-q8_0.gguf"):
+        assert (out / name).read_bytes() == (again / name).read_bytes(), name
 
 
 def test_train_refuses_a_damaged_dataset_in_one_line(tmp_path: Path, small_dataset: Path) -> None:

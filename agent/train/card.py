@@ -42,8 +42,9 @@ def card_text(metrics: dict[str, Any], report: dict[str, Any] | None) -> str:
         "Both are LLaMA-style decoders (RMSNorm, RoPE, SwiGLU) in llama.cpp's `llama` architecture: "
         f"student {s['config']['layers']} layers x {s['config']['dim']} wide, teacher {t['config']['layers']} "
         f"x {t['config']['dim']}. The teacher learns from measured targets (each case's configurations weighted "
-        "by (best/time)^20, so everything within a few % of the best counts); the student learns half from those "
-        "targets and half from the teacher's distribution at every slot.", "",
+        f"by (best/time)^{1 / t['options']['temperature']:.0f}, so everything within a few % of the best counts); "
+        f"the student learns {1 - s['options']['distill']:.0%} from those targets and {s['options']['distill']:.0%} "
+        "from the teacher's distribution at every slot.", "",
         "## Data", "",
         f"{metrics['cases']} cases ({metrics['cases_cpu']} CPU, {metrics['cases_gpu']} GPU), "
         f"{metrics['rows']:,} measured configurations, from: " + ", ".join(f"`{d}`" for d in metrics["datasets"])
@@ -54,9 +55,9 @@ def card_text(metrics: dict[str, Any], report: dict[str, Any] | None) -> str:
         "- Student vs teacher rankings (in-sample cases): "
         f"top-1 match {agree['student_vs_teacher']['top1_match']:.2f}, "
         f"top-5 overlap {agree['student_vs_teacher']['top5_overlap']:.2f}, "
-        f"Spearman {agree['student_vs_teacher']['spearman']:.3f}.",
+        f"Spearman {agree['student_vs_teacher']['spearman']:.4f}.",
         f"- Q4_0 vs f32 student (llama.cpp): top-1 match {agree['q4_vs_f32']['top1_match']:.2f}, "
-        f"top-5 overlap {agree['q4_vs_f32']['top5_overlap']:.2f}, Spearman {agree['q4_vs_f32']['spearman']:.3f}.",
+        f"top-5 overlap {agree['q4_vs_f32']['top5_overlap']:.2f}, Spearman {agree['q4_vs_f32']['spearman']:.4f}.",
         f"- f32 GGUF in llama.cpp vs PyTorch: largest difference in a configuration's log-probability "
         f"{agree['gguf_f32_vs_torch_max_abs_logp']:.2e}.", "",
     ]
