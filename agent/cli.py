@@ -538,9 +538,10 @@ def train(datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, 
 @click.option("--no-q4", is_flag=True, help="Leave the quantised llama.cpp student out.")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
               help="Folds run side by side, one process and one thread each.")
+@click.option("--fresh", is_flag=True, help="Run every fold again (default: reuse folds saved in OUTPUT/folds/).")
 @json_option
 def eval_(datasets: tuple[Path, ...], out_dir: Path, folds: tuple[str, ...], quick: bool, no_opentuner: bool,
-          no_q4: bool, jobs: int, as_json: bool) -> None:
+          no_q4: bool, jobs: int, fresh: bool, as_json: bool) -> None:
     """Evaluate on held-out splits: unseen shapes, SIMD level, kernels and GPUs, against baselines.
 
     Trains a teacher and a student per fold (never on the cases it tests), replays every
@@ -560,7 +561,7 @@ def eval_(datasets: tuple[Path, ...], out_dir: Path, folds: tuple[str, ...], qui
                           teacher_train=replace(options.teacher_train, steps=20),
                           student_train=replace(options.student_train, steps=20))
     log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
-    report = evaluate(_datasets(datasets), out_dir, options, log=log, jobs=jobs)
+    report = evaluate(_datasets(datasets), out_dir, options, log=log, jobs=jobs, fresh=fresh)
     if (out_dir.parent / "metrics.json").is_file():  # models/eval beside a trained models/: refresh its card
         from agent.train.card import write_card
 

@@ -138,3 +138,23 @@ def test_a_dataset_without_the_kernel_space_is_refused_by_name(tmp_path, real_ca
                   kernels={})
     with pytest.raises(DatasetError, match="without a space in the manifest"):
         load_cases([str(tmp_path / "broken")])
+
+
+def test_a_method_that_fails_on_a_case_is_reported_and_the_rest_go_on() -> None:
+    from dataclasses import replace as dc_replace
+
+    from agent.train.evaluate import EvalOptions, evaluate_fold
+    from agent.train.splits import Fold
+
+    train = [synthetic_case(simd, m, noise=i)
+             for i, (simd, m) in enumerate(itertools.product((128, 512), (128, 2048)))]
+    fold = Fold(name="synthetic", train=train, tests={"shape": [synthetic_case(128, 512)]})
+    options = EvalOptions(teacher=TINY, student=TINY, quantized=False, opentuner=False,
+                          kt_strategies=("no_such_strategy",))
+    options = dc_replace(options, teacher_train=TrainOptions(steps=3), student_train=TrainOptions(steps=3))
+    lines: list[str] = []
+    outcome = evaluate_fold(fold, options, lines.append)
+    assert [e["method"] for e in outcome["errors"]] == ["Kernel Tuner no_such_strategy"]
+    assert any("no_such_strategy" in line and "failed" in line for line in lines)
+    methods = set(outcome["splits"]["shape"])
+    assert {"teacher", "student", "nearest case", "cost model (LightGBM)", "exhaustive"} <= methods

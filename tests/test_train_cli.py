@@ -88,3 +88,8 @@ def test_eval_quick_writes_a_report(tmp_path: Path, small_dataset: Path) -> None
     assert methods["exhaustive"]["best_of_1"] <= 1.0 and methods["exhaustive"]["evals_to_0.99"] >= 1
     assert (out / "report.png").stat().st_size > 1000
     assert "| method |" in (out / "report.md").read_text()
+    # A finished fold is saved; a second run reuses it instead of training again.
+    assert (out / "folds" / "shape+simd.json").is_file()
+    again = run_cli("eval", str(small_dataset), "-o", str(out), "--quick", "--fold", "shape+simd", timeout=600)
+    assert again.returncode == 0 and "reusing" in again.stderr, again.stderr
+    assert json.loads((out / "report.json").read_text())["splits"] == report["splits"]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
+import traceback
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,12 @@ def _vocab() -> Any:
     return vocabulary()
 
 
-def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) -> dict[str, dict[str, list]]:
-    """Train the fold's teacher and student, then replay every held-out case with every method."""
+def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train the fold's teacher and student, then replay every held-out case with every method.
+
+    Returns ``{"splits": {split: {method: [per-case metrics]}}, "errors": [...], ...}``; a
+    method that fails on a case is logged and listed in ``errors``, and the rest go on.
+    """
     started = time.monotonic()
     log(f"[{fold.name}] teacher on {len(fold.train)} cases")
     teacher = train_model(fold.train, options.teacher, options.teacher_train, log=log)
@@ -121,7 +127,8 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
     student = train_model(fold.train, options.student, options.student_train, teacher=teacher, log=log)
     cost_model = baselines.CostModelBaseline()
     cost_model.fit(fold.train)
-    results: dict[str, dict[str, list]] = {}
+    results: dict[str, Any] = {}
+    errors: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="edgetune-eval-") as tmp:
         local = _quantised(student, Path(tmp), f"student-{fold.name}") if options.quantized else None
         for split, tests in fold.tests.items():
@@ -144,9 +151,16 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
                 for strategy in options.kt_strategies:
                     plans[f"Kernel Tuner {strategy}"] = (baselines.kernel_tuner_order,
                                                          (case, strategy, options.budget, 0))
-                runs = {method: _timed(fn, *args) for method, (fn, args) in plans.items()}
-                for method, (order, wall) in runs.items():
-                    per_method.setdefault(method, []).append(_metrics(case, order, wall))
+                for method, (fn, args) in plans.items():
+                    try:
+                        order, wall = _timed(fn, *args)
+                        per_method.setdefault(method, []).append(_metrics(case, order, wall))
+                    except Exception as exc:  # one method failing on one case must not sink the run
+                        where = traceback.extract_tb(exc.__traceback__)[-1]
+                        message = f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
+                        errors.append({"fold": fold.name, "split": split, "case": case.case_id, "method": method,
+                                       "error": message})
+                        log(f"[{fold.name}] {method} failed on {case.case_id}: {message}")
                 per_method.setdefault("random (exact expectation)", []).append(_random_metrics(case))
                 per_method.setdefault("exhaustive", []).append(
                     _metrics(case, baselines.exhaustive_order(case), 0.0))
@@ -154,7 +168,8 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
                     log(f"[{fold.name}] {split}: {number}/{len(tests)} cases ({time.monotonic() - started:.0f} s)")
         if local is not None:
             local.close()
-    return results
+    return {"splits": results, "errors": errors, "train_cases": len(fold.train),
+            "wall_s": round(time.monotonic() - started, 1)}
 
 
 def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
@@ -173,7 +188,7 @@ def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _fold_in_process(datasets: list[str], fold_name: str, options: EvalOptions) -> dict[str, dict[str, list]]:
+def _fold_in_process(datasets: list[str], fold_name: str, options: EvalOptions) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -181,23 +196,48 @@ def _fold_in_process(datasets: list[str], fold_name: str, options: EvalOptions) 
     return evaluate_fold(fold, options, lambda line: print(line, file=sys.stderr, flush=True))
 
 
+def _fold_file(out_dir: Path, name: str) -> Path:
+    return out_dir / "folds" / f"{name}.json"
+
+
+def _save_fold(out_dir: Path, name: str, outcome: dict[str, Any]) -> None:
+    path = _fold_file(out_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(outcome) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
 def evaluate(datasets: Sequence[str], out_dir: str | Path, options: EvalOptions,
-             log: Callable[[str], None] = print, *, jobs: int = 1) -> dict[str, Any]:
+             log: Callable[[str], None] = print, *, jobs: int = 1, fresh: bool = False) -> dict[str, Any]:
     """Run every fold (``jobs`` at a time) and write ``report.json``, ``report.md`` and ``report.png``."""
     cases = load_cases(datasets)
     folds = [f for f in make_folds(cases) if not options.folds or f.name in options.folds]
     started = time.monotonic()
     merged: dict[str, dict[str, list]] = {}
-    if jobs > 1 and len(folds) > 1:
+    out = Path(out_dir)
+    # Each finished fold is saved at once; a rerun reuses saved folds unless ``fresh``.
+    outcomes: dict[str, dict[str, Any]] = {}
+    for fold in folds:
+        saved = _fold_file(out, fold.name)
+        if saved.is_file() and not fresh:
+            outcomes[fold.name] = json.loads(saved.read_text(encoding="utf-8"))
+            log(f"[{fold.name}] reusing {saved}")
+    todo = [f for f in folds if f.name not in outcomes]
+    if jobs > 1 and len(todo) > 1:
         # One process per fold, one thread each: two cores run two folds side by side.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [pool.submit(_fold_in_process, list(datasets), fold.name, options) for fold in folds]
-            outcomes = [future.result() for future in futures]
+            futures = {pool.submit(_fold_in_process, list(datasets), fold.name, options): fold.name for fold in todo}
+            for future in as_completed(futures):
+                outcomes[futures[future]] = future.result()
+                _save_fold(out, futures[future], outcomes[futures[future]])
     else:
-        outcomes = [evaluate_fold(fold, options, log) for fold in folds]
-    for outcome in outcomes:
-        for split, methods in outcome.items():
+        for fold in todo:
+            outcomes[fold.name] = evaluate_fold(fold, options, log)
+            _save_fold(out, fold.name, outcomes[fold.name])
+    for fold in folds:
+        for split, methods in outcomes[fold.name]["splits"].items():
             for method, rows in methods.items():
                 merged.setdefault(split, {}).setdefault(method, []).extend(rows)
     report = {
@@ -207,8 +247,9 @@ def evaluate(datasets: Sequence[str], out_dir: str | Path, options: EvalOptions,
                            "methods": {m: summarise(rows) for m, rows in methods.items()}}
                    for split, methods in merged.items()},
         "per_case": merged,
-        "folds": [{"name": f.name, "train_cases": len(f.train),
+        "folds": [{"name": f.name, "train_cases": len(f.train), "wall_s": outcomes[f.name].get("wall_s"),
                    "test_cases": {s: len(t) for s, t in f.tests.items()}} for f in folds],
+        "errors": [e for f in folds for e in outcomes[f.name].get("errors", [])],
         "wall_s": round(time.monotonic() - started, 1),
     }
     from agent.train.report import write_report

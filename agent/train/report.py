@@ -46,6 +46,10 @@ def markdown_report(report: dict[str, Any]) -> str:
                          f"{_fmt(s['best_of_5'])} | {_fmt(s['evals_to_0.95'], 1)} | {_fmt(s['reached_0.95'], 2)} | "
                          f"{_fmt(s['evals_to_0.99'], 1)} | {_fmt(s['reached_0.99'], 2)} | "
                          f"{_fmt(s['wall_ms_median'], 1)} |")
+    if report.get("errors"):
+        lines += ["", "## Failures", "", "A method that failed on a case is left out of that case's row above:", ""]
+        lines += [f"- {e['fold']} / {e['split']} / {e['method']} on `{e['case']}`: {e['error']}"
+                  for e in report["errors"]]
     return "\n".join(lines) + "\n"
 
 
