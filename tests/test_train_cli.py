@@ -85,7 +85,7 @@ def test_eval_quick_writes_a_report(tmp_path: Path, small_dataset: Path) -> None
     methods = report["splits"]["shape"]["methods"]
     assert {"student", "teacher", "student Q4 (llama.cpp)", "random (exact expectation)", "nearest case",
             "cost model (LightGBM)", "exhaustive"} <= set(methods)
-    assert methods["exhaustive"]["best_of_1"] <= 1.0 and methods["exhaustive"]["evals_to_0.99"] >= 1
+    assert methods["exhaustive"]["best_of_1"] is None and methods["exhaustive"]["evals_to_0.99"] > 5
     assert (out / "report.png").stat().st_size > 1000
     assert "| method |" in (out / "report.md").read_text()
     # A finished fold is saved; a second run reuses it instead of training again.

@@ -10,7 +10,6 @@ computed from orders, so every baseline here only returns one:
 * :class:`CostModelBaseline`: a TVM-style gradient-boosted cost model (LightGBM) ranking the table,
 * :func:`opentuner_order`: OpenTuner's default ensemble driven through its API,
 * :func:`kernel_tuner_order`: Kernel Tuner strategies in simulation mode on a cache file,
-* :func:`exhaustive_order`: the table order.
 
 OpenTuner, Kernel Tuner and LightGBM are optional; they are imported only when used.
 """
@@ -38,7 +37,6 @@ from agent.train.cases import Case
 __all__ = [
     "KERNEL_TUNER_STRATEGIES",
     "CostModelBaseline",
-    "exhaustive_order",
     "kernel_tuner_cache",
     "kernel_tuner_order",
     "nearest_case_order",
@@ -114,11 +112,6 @@ def order_metrics(case: Case, order: Sequence[int], ks: Sequence[int] = (1, 3, 5
 
 
 # --------------------------------------------------------------------------- simple orders
-
-
-def exhaustive_order(case: Case) -> list[int]:
-    """Every row, in table order."""
-    return list(range(len(case.configs)))
 
 
 def random_order(case: Case, budget: int, seed: int) -> list[int]:

@@ -28,7 +28,8 @@ def markdown_report(report: dict[str, Any]) -> str:
              "configurations a method evaluates (1.0 = it found the measured optimum). "
              "Evals to 95%/99% is the median number of evaluations until one reaches that share of the "
              "optimum (table size + 1 where never), with the share of cases that reached it. "
-             "Random search is its exact expectation.", ""]
+             "Random search is its exact expectation; exhaustive search needs every row to know it has the "
+             "optimum, so it has no best-of-k.", ""]
     for fold in report["folds"]:
         lines.append(f"- fold `{fold['name']}`: trained on {fold['train_cases']} cases, tested on "
                      + ", ".join(f"{n} {s}" for s, n in fold["test_cases"].items()))
@@ -62,7 +63,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     splits = list(report["splits"])
     fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 4.5), squeeze=False)
     for ax, split in zip(axes[0], splits, strict=False):
-        methods = report["splits"][split]["methods"]
+        methods = {m: v for m, v in report["splits"][split]["methods"].items() if v.get("best_of_5") is not None}
         names = sorted(methods, key=lambda m: -(methods[m].get("best_of_5") or 0))
         values = [methods[m].get("best_of_5") or 0 for m in names]
         colors = ["tab:blue" if m.startswith(("student", "teacher")) else "tab:gray" for m in names]
