@@ -80,7 +80,14 @@ def card_text(metrics: dict[str, Any], report: dict[str, Any] | None) -> str:
             lines.append(f"| {split}: {SPLITS.get(split, '')} | {methods['student']['cases']} | "
                          f"{b5('student Q4 (llama.cpp)')} | {b5('student')} | {b5('teacher')} | "
                          f"{best_name} {b5(best_name)} | {TARGETS.get(split, '-')} |")
-        lines += ["", "The full tables, per-case results and the plot are in `eval/`.", ""]
+        verdicts = []
+        for split, data in report["splits"].items():
+            value = data["methods"].get("student Q4 (llama.cpp)", {}).get("best_of_5")
+            if value is not None and split in TARGETS:
+                gap = value - TARGETS[split]
+                verdicts.append(f"{split} {'met' if gap >= 0 else f'missed by {-gap:.3f}'}")
+        lines += ["", "Targets for the Q4 student: " + "; ".join(verdicts) + ".",
+                  "", "The full tables, per-case results and the plot are in `eval/`.", ""]
     lines += [
         "## Limits", "",
         "- One CPU machine: the CPU hardware variety is compile targets and core counts on one EPYC, not "

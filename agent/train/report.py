@@ -23,7 +23,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def markdown_report(report: dict[str, Any]) -> str:
     """The report's tables: one per split, one row per method."""
     lines = ["# edgetune evaluation", "",
-             f"Datasets: {', '.join(report['datasets'])}. Wall time {report['wall_s']:.0f} s.", "",
+             f"Datasets: {', '.join(report['datasets'])}. Training and replay of all folds took "
+             f"{report['wall_s']:.0f} s (summed over folds).", "",
              "Best-of-k is the geometric mean over held-out cases of optimum / best among the first k "
              "configurations a method evaluates (1.0 = it found the measured optimum). "
              "Evals to 95%/99% is the median number of evaluations until one reaches that share of the "
