@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 import traceback
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -25,11 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from agent.predict.local_model import LocalModel
+from agent.predict.vocab import vocabulary
 from agent.train import baselines
 from agent.train.cases import Case, load_cases
 from agent.train.fit import STUDENT_TRAINING, TEACHER_TRAINING, TrainOptions, slot_allowed, train_model
+from agent.train.gguf_export import quantize_gguf, write_gguf
 from agent.train.model import STUDENT, TEACHER, Decoder, ModelConfig
-from agent.train.rank import FULL_SCORE_LIMIT, beam_rows, model_order
+from agent.train.rank import model_order, table_order
 from agent.train.splits import SPLITS, Fold, make_folds
 
 __all__ = ["EvalOptions", "evaluate", "summarise"]
@@ -84,41 +86,22 @@ def _model_order(model: Decoder, case: Case, hide_name: bool) -> list[int]:
     return model_order(model, case, hide_name=hide_name)
 
 
-def _q4_order(local: Any, case: Case, hide_name: bool) -> list[int]:
+def _q4_order(local: LocalModel, case: Case, hide_name: bool) -> list[int]:
     """The quantised student's order through llama.cpp (whole table, or the beam for large ones)."""
     prompt = case.prompt(hide_name=hide_name)
     allowed = slot_allowed(case)
-    noise = np.random.default_rng(zlib.crc32(case.case_id.encode())).random(len(case.configs))
-    if len(case.configs) <= FULL_SCORE_LIMIT:
-        scores = local.score(prompt, case.tokens, allowed)
-        return [int(i) for i in np.lexsort((noise, -scores))]
 
     def slot_logp(prefixes: np.ndarray, j: int) -> np.ndarray:
-        out = np.empty((len(prefixes), len(allowed[j])))
-        for b, prefix in enumerate(prefixes):
-            logits = local.logits([*prompt, *map(int, prefix)])[-1][allowed[j]]
-            logits = logits - logits.max()
-            out[b] = logits - math.log(np.exp(logits).sum())
-        return out
+        logits = np.stack([local.logits([*prompt, *map(int, p)])[-1][allowed[j]] for p in prefixes])
+        logits = logits - logits.max(axis=1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
-    ranked = beam_rows(case, slot_logp)
-    seen = set(ranked)
-    return ranked + [int(i) for i in np.argsort(noise) if int(i) not in seen]
+    return table_order(case, lambda: local.score(prompt, case.tokens, allowed), slot_logp)
 
 
-def _quantised(model: Decoder, workdir: Path, name: str) -> Any:
-    from agent.predict.local_model import LocalModel
-    from agent.train.gguf_export import quantize_gguf, write_gguf
-
-    f32 = write_gguf(model, _vocab(), workdir / f"{name}-f32.gguf", name=name)
-    q4 = quantize_gguf(f32, workdir / f"{name}-q4_0.gguf")
-    return LocalModel(q4)
-
-
-def _vocab() -> Any:
-    from agent.predict.vocab import vocabulary
-
-    return vocabulary()
+def _quantised(model: Decoder, workdir: Path, name: str) -> LocalModel:
+    f32 = write_gguf(model, vocabulary(), workdir / f"{name}-f32.gguf", name=name)
+    return LocalModel(quantize_gguf(f32, workdir / f"{name}-q4_0.gguf"))
 
 
 def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from agent.train.cases import Case
 from agent.train.fit import _batch, _logits, score_case, slot_allowed
 from agent.train.model import Decoder
 
-__all__ = ["FULL_SCORE_LIMIT", "beam_rows", "model_order"]
+__all__ = ["FULL_SCORE_LIMIT", "beam_rows", "model_order", "table_order", "torch_slot_logp"]
 
 FULL_SCORE_LIMIT = 2048
 
@@ -29,17 +29,25 @@ def _rng(case: Case) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(case.case_id.encode()))
 
 
-def model_order(model: Decoder, case: Case, *, hide_name: bool = False, beam: int = 64) -> list[int]:
-    """Every row of ``case`` in the order the model would have them benchmarked."""
-    rng = _rng(case)
-    noise = rng.random(len(case.configs))
+def table_order(case: Case, scores: Callable[[], np.ndarray],
+                slot_logp: Callable[[np.ndarray, int], np.ndarray], *, beam: int = 64) -> list[int]:
+    """Every row of ``case`` in the order a model would have them benchmarked.
+
+    ``scores()`` scores the whole table (used up to :data:`FULL_SCORE_LIMIT` rows);
+    ``slot_logp`` drives the beam search for larger tables (see :func:`beam_rows`).
+    """
+    noise = _rng(case).random(len(case.configs))
     if len(case.configs) <= FULL_SCORE_LIMIT:
-        scores = score_case(model, case, hide_name=hide_name)
-        return [int(i) for i in np.lexsort((noise, -scores))]
-    ranked = beam_rows(case, torch_slot_logp(model, case, hide_name=hide_name), beam=beam)
+        return [int(i) for i in np.lexsort((noise, -scores()))]
+    ranked = beam_rows(case, slot_logp, beam=beam)
     seen = set(ranked)
-    rest = [int(i) for i in np.argsort(noise) if int(i) not in seen]
-    return ranked + rest
+    return ranked + [int(i) for i in np.argsort(noise) if int(i) not in seen]
+
+
+def model_order(model: Decoder, case: Case, *, hide_name: bool = False, beam: int = 64) -> list[int]:
+    """:func:`table_order` for a PyTorch decoder."""
+    return table_order(case, lambda: score_case(model, case, hide_name=hide_name),
+                       torch_slot_logp(model, case, hide_name=hide_name), beam=beam)
 
 
 def beam_rows(case: Case, slot_logp: Callable[[np.ndarray, int], np.ndarray], *, beam: int = 64) -> list[int]:
