@@ -176,13 +176,12 @@ def train_model(cases: Sequence[Case], cfg: ModelConfig, options: TrainOptions, 
 @torch.no_grad()
 def score_case(model: Decoder, case: Case, *, hide_name: bool = False, chunk: int = 1024) -> np.ndarray:
     """Log-probability of every table row under ``model`` (each slot normalised over its values)."""
-    allowed = slot_allowed(case)
-    batch_proto = _batch([case], [np.arange(min(len(case.configs), chunk))], [hide_name])
+    n_slots = len(case.codec.slots)
     out = np.empty(len(case.configs))
     for start in range(0, len(case.configs), chunk):
         idx = np.arange(start, min(start + chunk, len(case.configs)))
-        batch = _batch([case], [idx], [hide_name]) if start else batch_proto
+        batch = _batch([case], [idx], [hide_name])
         logp = F.log_softmax(_logits(model, batch), dim=-1)
-        picked = logp.gather(-1, batch["target"][..., None]).squeeze(-1)[0, :len(idx), :len(allowed)]
+        picked = logp.gather(-1, batch["target"][..., None]).squeeze(-1)[0, :len(idx), :n_slots]
         out[idx] = picked.sum(-1).numpy()
     return out

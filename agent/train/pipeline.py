@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from agent.predict.vocab import vocabulary
+from agent.train.baselines import order_metrics
 from agent.train.cases import Case, load_cases
 from agent.train.fit import STUDENT_TRAINING, TEACHER_TRAINING, TrainOptions, score_case, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
@@ -70,11 +71,11 @@ def _agreement(reference: list[np.ndarray], other: list[np.ndarray]) -> dict[str
 
 
 def _in_sample(model_scores: list[np.ndarray], cases: Sequence[Case]) -> dict[str, float]:
-    ratios = {k: [] for k in (1, 5)}
-    for scores, case in zip(model_scores, cases, strict=False):
-        order = np.argsort(-scores, kind="stable")
-        for k in ratios:
-            ratios[k].append(case.best_time / float(np.min(case.times[order[:k]])))
+    ratios: dict[int, list[float]] = {1: [], 5: []}
+    for scores, case in zip(model_scores, cases, strict=True):
+        found = order_metrics(case, [int(i) for i in np.argsort(-scores, kind="stable")], ks=tuple(ratios))
+        for k, values in ratios.items():
+            values.append(max(found["best_of_k"][k], 1e-9))
     return {f"best_of_{k}": float(np.exp(np.mean(np.log(v)))) for k, v in ratios.items()}
 
 
