@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 from pathlib import Path
@@ -136,7 +135,6 @@ def test_cost_model_ranks_by_the_learned_parameter() -> None:
         assert B.order_metrics(target, order)["best_of_k"][5] >= 0.95
 
 
-@pytest.mark.skipif(importlib.util.find_spec("opentuner") is None, reason="opentuner is not installed")
 def test_opentuner_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     case = make_case("a", sample=20, seed=4, fail=2)
@@ -147,7 +145,6 @@ def test_opentuner_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert list(tmp_path.iterdir()) == []  # no log or database files
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kernel_tuner") is None, reason="kernel_tuner is not installed")
 @pytest.mark.parametrize("strategy", B.KERNEL_TUNER_STRATEGIES)
 def test_kernel_tuner_order(strategy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
-torch = pytest.importorskip("torch", reason="torch is needed to build the reference model")
-
-from agent.predict.errors import ModelFileError  # noqa: E402
-from agent.predict.local_model import LocalModel  # noqa: E402
-from agent.predict.vocab import vocabulary  # noqa: E402
-from agent.train.gguf_export import quantize_gguf, write_gguf  # noqa: E402
-from agent.train.model import Decoder, ModelConfig  # noqa: E402
+# llama-cpp-python and torch are installed by `make test`; a missing one fails here, loudly.
+from agent.predict.errors import ModelFileError
+from agent.predict.local_model import LocalModel
+from agent.predict.vocab import vocabulary
+from agent.train.gguf_export import quantize_gguf, write_gguf
+from agent.train.model import Decoder, ModelConfig
 
 SLOTS = 6
 
