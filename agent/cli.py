@@ -505,18 +505,14 @@ def train(datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, 
     A few minutes per model on two cores.
     """
     _training_modules()
-    from agent.train.pipeline import TrainRun, train_and_export
+    from agent.train.fit import TrainRun
+    from agent.train.pipeline import train_and_export
 
-    run = TrainRun()
-    if smoke:
-        from agent.train.model import ModelConfig
-
-        tiny = ModelConfig(dim=64, layers=2, heads=4, ffn_dim=128)
-        run = replace(run, teacher=tiny, student=tiny, teacher_train=replace(run.teacher_train, steps=5),
-                      student_train=replace(run.student_train, steps=5))
-    run = replace(run,
-                  teacher_train=replace(run.teacher_train, seed=seed, steps=teacher_steps or run.teacher_train.steps),
-                  student_train=replace(run.student_train, seed=seed, steps=student_steps or run.student_train.steps))
+    run = (TrainRun().tiny(5) if smoke else TrainRun()).seeded(seed)
+    if teacher_steps:
+        run = replace(run, teacher_train=replace(run.teacher_train, steps=teacher_steps))
+    if student_steps:
+        run = replace(run, student_train=replace(run.student_train, steps=student_steps))
     log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     metrics = train_and_export(_datasets(datasets), out_dir, run, log=log, threads=threads)
     if card:
@@ -551,15 +547,11 @@ def eval_(datasets: tuple[Path, ...], out_dir: Path, folds: tuple[str, ...], qui
     """
     _training_modules()
     from agent.train.evaluate import EvalOptions, evaluate
-    from agent.train.model import ModelConfig
     from agent.train.splits import SPLITS  # noqa: F401 - the fold names are documented above
 
     options = EvalOptions(folds=folds, opentuner=not (no_opentuner or quick), quantized=not no_q4)
     if quick:
-        tiny = ModelConfig(dim=64, layers=2, heads=4, ffn_dim=192)
-        options = replace(options, teacher=tiny, student=tiny, max_cases=3,
-                          teacher_train=replace(options.teacher_train, steps=20),
-                          student_train=replace(options.student_train, steps=20))
+        options = replace(options, run=options.run.tiny(20), max_cases=3)
     log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     report = evaluate(_datasets(datasets), out_dir, options, log=log, jobs=jobs, fresh=fresh)
     if (out_dir.parent / "metrics.json").is_file():  # models/eval beside a trained models/: refresh its card

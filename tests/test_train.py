@@ -14,7 +14,7 @@ from agent.dataset import DatasetError, write_dataset
 from agent.predict.prompt import HardwareDesc, KernelDesc
 from agent.predict.vocab import vocabulary
 from agent.train.cases import Case, load_cases
-from agent.train.fit import TrainOptions, score_case, train_model
+from agent.train.fit import TrainOptions, TrainRun, score_case, train_model
 from agent.train.model import Decoder, ModelConfig
 from agent.train.rank import beam_rows, model_order, torch_slot_logp
 from agent.train.splits import make_folds
@@ -141,17 +141,14 @@ def test_a_dataset_without_the_kernel_space_is_refused_by_name(tmp_path, real_ca
 
 
 def test_a_method_that_fails_on_a_case_is_reported_and_the_rest_go_on() -> None:
-    from dataclasses import replace as dc_replace
-
     from agent.train.evaluate import EvalOptions, evaluate_fold
     from agent.train.splits import Fold
 
     train = [synthetic_case(simd, m, noise=i)
              for i, (simd, m) in enumerate(itertools.product((128, 512), (128, 2048)))]
     fold = Fold(name="synthetic", train=train, tests={"shape": [synthetic_case(128, 512)]})
-    options = EvalOptions(teacher=TINY, student=TINY, quantized=False, opentuner=False,
+    options = EvalOptions(run=TrainRun().tiny(3), quantized=False, opentuner=False,
                           kt_strategies=("no_such_strategy",))
-    options = dc_replace(options, teacher_train=TrainOptions(steps=3), student_train=TrainOptions(steps=3))
     lines: list[str] = []
     outcome = evaluate_fold(fold, options, lines.append)
     assert [e["method"] for e in outcome["errors"]] == ["Kernel Tuner no_such_strategy"]

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ from agent.predict.local_model import LocalModel
 from agent.predict.vocab import vocabulary
 from agent.train import baselines
 from agent.train.cases import Case, load_cases
-from agent.train.fit import STUDENT_TRAINING, TEACHER_TRAINING, TrainOptions, slot_allowed, train_model
+from agent.train.fit import TrainRun, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
-from agent.train.model import STUDENT, TEACHER, Decoder, ModelConfig
+from agent.train.model import Decoder
 from agent.train.rank import model_order, table_order
 from agent.train.splits import SPLITS, Fold, make_folds
 
@@ -42,10 +42,7 @@ FRACTIONS = (0.95, 0.99)
 
 @dataclass(frozen=True)
 class EvalOptions:
-    teacher: ModelConfig = TEACHER
-    student: ModelConfig = STUDENT
-    teacher_train: TrainOptions = TEACHER_TRAINING
-    student_train: TrainOptions = STUDENT_TRAINING
+    run: TrainRun = field(default_factory=TrainRun)
     budget: int = 5
     long_budget: int = 120
     kt_strategies: tuple[str, ...] = ("random_sample", "genetic_algorithm", "simulated_annealing", "greedy_ils")
@@ -112,9 +109,9 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
     """
     started = time.monotonic()
     log(f"[{fold.name}] teacher on {len(fold.train)} cases")
-    teacher = train_model(fold.train, options.teacher, options.teacher_train, log=log)
+    teacher = train_model(fold.train, options.run.teacher, options.run.teacher_train, log=log)
     log(f"[{fold.name}] student (distilled)")
-    student = train_model(fold.train, options.student, options.student_train, teacher=teacher, log=log)
+    student = train_model(fold.train, options.run.student, options.run.student_train, teacher=teacher, log=log)
     cost_model = baselines.CostModelBaseline()
     cost_model.fit(fold.train)
     results: dict[str, Any] = {}

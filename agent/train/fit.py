@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from agent.predict.vocab import vocabulary
 from agent.train.cases import Case
-from agent.train.model import Decoder, ModelConfig
+from agent.train.model import STUDENT, TEACHER, Decoder, ModelConfig
 
-__all__ = ["STUDENT_TRAINING", "TEACHER_TRAINING", "TrainOptions", "score_case", "slot_allowed", "train_model"]
+__all__ = ["TrainOptions", "TrainRun", "score_case", "slot_allowed", "train_model"]
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,25 @@ class TrainOptions:
     seed: int = 0
 
 
-# The schedules `edgetune train` and `edgetune eval` use (one place, so eval judges what ships).
-TEACHER_TRAINING = TrainOptions(steps=200, lr=1e-3, temperature=0.1)
-STUDENT_TRAINING = TrainOptions(steps=250, temperature=0.1)
+@dataclass(frozen=True)
+class TrainRun:
+    """What `edgetune train` and `edgetune eval` train: both models' sizes and schedules
+    (one definition, so the evaluation judges the recipe that ships)."""
+
+    teacher: ModelConfig = TEACHER
+    student: ModelConfig = STUDENT
+    teacher_train: TrainOptions = TrainOptions(steps=200, lr=1e-3, temperature=0.1)
+    student_train: TrainOptions = TrainOptions(steps=250, temperature=0.1)
+
+    def tiny(self, steps: int) -> TrainRun:
+        """64-wide models and ``steps`` steps: checks a pipeline in seconds, predicts nothing useful."""
+        small = ModelConfig(dim=64, layers=2, heads=4, ffn_dim=128)
+        return replace(self, teacher=small, student=small, teacher_train=replace(self.teacher_train, steps=steps),
+                       student_train=replace(self.student_train, steps=steps))
+
+    def seeded(self, seed: int) -> TrainRun:
+        return replace(self, teacher_train=replace(self.teacher_train, seed=seed),
+                       student_train=replace(self.student_train, seed=seed))
 
 
 def slot_allowed(case: Case) -> list[list[int]]:

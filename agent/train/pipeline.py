@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,15 @@ import torch
 from agent.predict.vocab import vocabulary
 from agent.train.baselines import order_metrics
 from agent.train.cases import Case, load_cases
-from agent.train.fit import STUDENT_TRAINING, TEACHER_TRAINING, TrainOptions, score_case, slot_allowed, train_model
+from agent.train.fit import TrainRun, score_case, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
-from agent.train.model import STUDENT, TEACHER, Decoder, ModelConfig
+from agent.train.model import Decoder
 
-__all__ = ["STUDENT_FILE", "TEACHER_FILE", "TrainRun", "train_and_export"]
+__all__ = ["STUDENT_FILE", "TEACHER_FILE", "train_and_export"]
 
 STUDENT_FILE = "edgetune-student-q4_0.gguf"
 TEACHER_FILE = "edgetune-teacher-q8_0.gguf"
 AGREEMENT_CASES = 24
-
-
-@dataclass(frozen=True)
-class TrainRun:
-    teacher: ModelConfig = TEACHER
-    student: ModelConfig = STUDENT
-    teacher_train: TrainOptions = TEACHER_TRAINING
-    student_train: TrainOptions = STUDENT_TRAINING
 
 
 def _params(model: Decoder) -> int:
