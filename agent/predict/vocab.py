@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 from agent.kernels.spec import ROLES
 
@@ -140,12 +140,17 @@ class Vocabulary:
 
     def id(self, token: str) -> int:
         """The id of ``token``; ``field=?`` for an unknown value, ``<unk>`` for an unknown field."""
-        index = _index(self.tokens)
+        index = self._index
         found = index.get(token)
         if found is not None:
             return found
         field, _, _ = token.partition("=")
         return index.get(f"{field}={UNKNOWN}", 0)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        # Built once per vocabulary; a cache keyed by the token tuple would hash 7k strings per lookup.
+        return {t: i for i, t in enumerate(self.tokens)}
 
     def token(self, token_id: int) -> str:
         return self.tokens[token_id]
@@ -158,11 +163,6 @@ class Vocabulary:
         """llama.cpp token types: 1 normal, 2 unknown, 3 control, 6 byte."""
         kinds = [2, 3, 3] + [6] * 256
         return kinds + [3 if t == CONFIG_MARK else 1 for t in self.tokens[len(kinds):]]
-
-
-@cache
-def _index(tokens: tuple[str, ...]) -> dict[str, int]:
-    return {t: i for i, t in enumerate(tokens)}
 
 
 def config_field(role: str, ordinal: int) -> str:
