@@ -30,16 +30,25 @@ def _rng(case: Case) -> np.random.Generator:
 
 
 def table_order(case: Case, scores: Callable[[], np.ndarray],
-                slot_logp: Callable[[np.ndarray, int], np.ndarray], *, beam: int = 64) -> list[int]:
+                slot_logp: Callable[[np.ndarray, int], np.ndarray] | None = None, *, beam: int = 64,
+                beam_search: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None) -> list[int]:
     """Every row of ``case`` in the order a model would have them benchmarked.
 
-    ``scores()`` scores the whole table (used up to :data:`FULL_SCORE_LIMIT` rows);
-    ``slot_logp`` drives the beam search for larger tables (see :func:`beam_rows`).
+    ``scores()`` scores the whole table (used up to :data:`FULL_SCORE_LIMIT` rows). Larger tables
+    go through a beam search: ``beam_search(width)`` when given, a ready one returning (rows, best
+    first; their log-probs) like ``LocalModel.beam``, else :func:`beam_rows` driven by ``slot_logp``.
     """
     noise = _rng(case).random(len(case.configs))
     if len(case.configs) <= FULL_SCORE_LIMIT:
         return [int(i) for i in np.lexsort((noise, -scores()))]
-    ranked = beam_rows(case, slot_logp, beam=beam)
+    if beam_search is not None:
+        rows, logp = beam_search(beam)
+        ranked = [int(i) for i in rows[np.lexsort((noise[rows], -logp))]]  # ties in a seeded order, as beam_rows
+    elif slot_logp is not None:
+        ranked = beam_rows(case, slot_logp, beam=beam)
+    else:
+        raise ValueError(f"case {case.case_id} has {len(case.configs)} rows: table_order needs slot_logp or "
+                         "beam_search")
     seen = set(ranked)
     return ranked + [int(i) for i in np.argsort(noise) if int(i) not in seen]
 
