@@ -84,7 +84,14 @@ def test_eval_quick_writes_a_report(tmp_path: Path, small_dataset: Path) -> None
     assert set(report["splits"]) == {"shape", "simd"}
     methods = report["splits"]["shape"]["methods"]
     assert {"student", "teacher", "student Q4 (llama.cpp)", "random (exact expectation)", "nearest case",
-            "cost model (LightGBM)", "exhaustive"} <= set(methods)
+            "cost model (LightGBM)", "exhaustive", "cost model (ONNX)",
+            "student Q4 + cost model re-rank"} <= set(methods)
+    # The ablation decides on the cost model, and the confidence calibration is written with its curve.
+    assert isinstance(report["ablation"]["use_cost_model"], bool)
+    assert report["confidence"]["curve"] and 0.0 <= report["confidence"]["threshold"] <= 1.0
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["use_cost_model"] == report["ablation"]["use_cost_model"]
+    assert "Confidence calibration" in (out / "report.md").read_text()
     assert methods["exhaustive"]["best_of_1"] is None and methods["exhaustive"]["evals_to_0.99"] > 5
     assert (out / "report.png").stat().st_size > 1000
     assert "| method |" in (out / "report.md").read_text()

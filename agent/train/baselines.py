@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import json
 import logging
 import math
@@ -31,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.predict.vocab import CONFIG_ROLE_ORDER, DTYPES, GPU_ARCHS, GPU_VENDORS, ISAS, KNOWN_KERNELS, MAX_ORDINAL
+from agent.predict.cost_features import config_features
+from agent.search.opentuner_search import opentuner_parameter
 from agent.train.cases import Case
 
 __all__ = [
@@ -206,67 +206,9 @@ def nearest_case_order(case: Case, known: Sequence[Case], budget: int, seed: int
 # --------------------------------------------------------------------------- cost model
 
 
-_CONFIG_FIELDS = tuple(f"{role}#{i}" for role in CONFIG_ROLE_ORDER for i in range(MAX_ORDINAL))
-
-
-def _log2(value: Any) -> float:
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return math.log2(v) if v > 0 and math.isfinite(v) else math.nan
-
-
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _category(value: Any, choices: Sequence[str]) -> float:
-    return float(choices.index(value)) if value in choices else math.nan
-
-
-def _context_features(case: Case) -> list[float]:
-    """Hardware, kernel and shape columns of a case (NaN where unknown)."""
-    h, k = case.hardware, case.kernel_info
-    row = [float(h.kind == "gpu"), _category(h.isa, ISAS), _num(h.vector_bits), _num(h.cores), _log2(h.l1_bytes),
-           _log2(h.l2_bytes), _log2(h.l3_bytes), _log2(h.bandwidth_gbs), _category(h.vendor, GPU_VENDORS),
-           _category(h.architecture, GPU_ARCHS), _num(h.multiprocessors), _log2(h.shared_memory_bytes)]
-    operations = array_bytes = None
-    with contextlib.suppress(Exception):
-        operations = k.operations(case.shape) if k.operations else None
-    with contextlib.suppress(Exception):
-        array_bytes = k.array_bytes(case.shape) if k.array_bytes else None
-    row += [_category(k.name, KNOWN_KERNELS), _category(k.element_type, DTYPES), _category(k.output_type, DTYPES),
-            float(len(k.dimensions)), _num(k.arrays_read), _num(k.arrays_written), _num(k.reduction),
-            _num(k.loop_depth), _num(k.loops), _num(k.vector_code), _num(k.parallel),
-            math.nan if k.math_calls is None else float(len(k.math_calls)),
-            *(float(k.params_by_role.get(role, 0)) for role in CONFIG_ROLE_ORDER),
-            _log2(operations), _log2(array_bytes),
-            _log2(operations / array_bytes) if operations and array_bytes else math.nan]
-    dims = [_log2(max(1, case.shape[d])) if d in case.shape else math.nan for d in k.dimensions[:MAX_ORDINAL]]
-    row += dims + [math.nan] * (MAX_ORDINAL - len(dims))
-    return row
-
-
 def _case_features(case: Case) -> np.ndarray:
-    """[configs, features]: the context columns then one column per global config field."""
-    context = np.array(_context_features(case), dtype=np.float64)
-    out = np.full((len(case.configs), len(context) + len(_CONFIG_FIELDS)), np.nan)
-    out[:, : len(context)] = context
-    column = {f: len(context) + i for i, f in enumerate(_CONFIG_FIELDS)}
-    for slot in case.codec.slots:
-        mapping: dict[Any, float] = {}
-        for i, v in enumerate(slot.values):
-            if isinstance(v, str):
-                mapping[v] = float(i)
-            else:
-                mapping[_hashable(v)] = math.log2(1 + float(v)) if float(v) > -1 else math.nan
-        values = [c.get(slot.name) for c in case.configs]
-        col = column[slot.field]
-        out[:, col] = [mapping.get(_hashable(v), math.nan) if v is not None else math.nan for v in values]
-    return out
+    """[configs, features] of a case's table (see :mod:`agent.predict.cost_features`)."""
+    return config_features(case.hardware, case.kernel_info, case.shape, case.codec, case.configs)
 
 
 class CostModelBaseline:
@@ -417,22 +359,6 @@ class _Snapper:
 # --------------------------------------------------------------------------- OpenTuner
 
 
-def _opentuner_parameter(p: Mapping[str, Any]) -> Any:
-    from opentuner.search.manipulator import EnumParameter, IntegerParameter, PowerOfTwoParameter
-
-    values = list(p["values"])
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    if numeric and all(float(v).is_integer() for v in values):
-        ints = sorted(int(v) for v in values)
-        if ints == list(range(ints[0], ints[-1] + 1)):
-            return IntegerParameter(p["name"], ints[0], ints[-1])
-        if ints[0] > 0 and all(b == 2 * a for a, b in itertools.pairwise(ints)):
-            return PowerOfTwoParameter(p["name"], ints[0], ints[-1])
-    if numeric:  # ordered, irregular steps: search the index, keep the order
-        return IntegerParameter(f"{p['name']}#index", 0, len(values) - 1)
-    return EnumParameter(p["name"], values)
-
-
 def opentuner_order(case: Case, budget: int, seed: int) -> list[int]:
     """OpenTuner's default technique ensemble (AUCBanditMetaTechniqueA) over the declared space.
 
@@ -470,7 +396,7 @@ def opentuner_order(case: Case, budget: int, seed: int) -> list[int]:
     with _seeded_quiet(seed, ["opentuner", "sqlalchemy"]):
         manipulator = ConfigurationManipulator()
         for p in tuned:
-            manipulator.add_parameter(_opentuner_parameter(p))
+            manipulator.add_parameter(opentuner_parameter(p["name"], p["values"]))
         args = opentuner.default_argparser().parse_args([])
         args.database = "sqlite://"  # in memory
         args.no_dups = True

@@ -30,6 +30,10 @@ def card_text(metrics: dict[str, Any], report: dict[str, Any] | None) -> str:
         f"| `{s['file']}` | on-device student, llama.cpp Q4_0 | {s['parameters'] / 1e6:.1f} M | {s['file_mb']} MB |",
         f"| `{t['file']}` | teacher for the fleet's ranking endpoint, Q8_0 | {t['parameters'] / 1e6:.1f} M "
         f"| {t['file_mb']} MB |",
+        *([f"| `{metrics['cost_model']['file']}` | cost model: LightGBM trees ({metrics['cost_model']['trees']}) in "
+           f"ONNX, predicts log(time / best) | | {metrics['cost_model']['file_kb']:.0f} KB |"]
+          if metrics.get("cost_model") else []),
+        "| `confidence.json` | calibration of the agent's confidence (from `edgetune eval`) | | |",
         "| `vocab.json` | the closed vocabulary (version, SHA-256, tokens) | | |",
         "| `metrics.json` | sizes, training curves, agreement figures | | |", "",
         "## What the models do", "",
@@ -86,8 +90,25 @@ def card_text(metrics: dict[str, Any], report: dict[str, Any] | None) -> str:
             if value is not None and split in TARGETS:
                 gap = value - TARGETS[split]
                 verdicts.append(f"{split} {'met' if gap >= 0 else f'missed by {-gap:.3f}'}")
-        lines += ["", "Targets for the Q4 student: " + "; ".join(verdicts) + ".",
-                  "", "The full tables, per-case results and the plot are in `eval/`.", ""]
+        lines += ["", "Targets for the Q4 student: " + "; ".join(verdicts) + "."]
+        ablation, confidence = report.get("ablation"), report.get("confidence")
+        if ablation:
+            means = ablation["best_of_5"]
+            lines += ["", f"Cost model ablation, pooled over {ablation['cases']} held-out cases (best-of-5): "
+                      + ", ".join(f"{m} {v:.3f}" for m, v in means.items() if v is not None)
+                      + (". The agent re-ranks the student's 32 best candidates with it." if ablation["use_cost_model"]
+                         else ". It does not help, so the agent ranks by the student alone.")]
+        if confidence:
+            overall = confidence["all"]
+            precision = overall["precision_when_confident"]
+            lines += ["", f"Confidence: the agent calls a prediction confident at a calibrated probability >= "
+                      f"{confidence['threshold']:.3f}; on held-out cases (cross-fitted) that was "
+                      f"{overall['confident_share']:.0%} of cases, and "
+                      + (f"{precision:.0%}" if precision is not None else "-")
+                      + " of those had a best-of-5 within 5% of the optimum "
+                      f"(target {confidence['target_precision']:.0%}). Below it, the agent asks the fleet's "
+                      "ranking service when one is configured."]
+        lines += ["", "The full tables, per-case results and the plot are in `eval/`.", ""]
     lines += [
         "## Limits", "",
         "- One CPU machine: the CPU hardware variety is compile targets and core counts on one EPYC, not "

@@ -24,10 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from agent.predict.cost_features import config_features
+from agent.predict.cost_model import CostModel
 from agent.predict.local_model import LocalModel
+from agent.predict.ranking import CANDIDATES, blend_order, ranking_features
 from agent.predict.vocab import vocabulary
 from agent.train import baselines
+from agent.train.calibrate import calibrate
 from agent.train.cases import Case, load_cases
+from agent.train.cost_model import COST_MODEL_FILE, export_onnx, fit_cost_model
 from agent.train.fit import TrainRun, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
 from agent.train.model import Decoder
@@ -37,7 +42,11 @@ from agent.train.splits import SPLITS, Fold, make_folds
 __all__ = ["EvalOptions", "evaluate", "summarise"]
 
 KS = (1, 3, 5)
+Q4_METHOD = "student Q4 (llama.cpp)"
+COST_METHOD = "cost model (ONNX)"
+BLEND_METHOD = "student Q4 + cost model re-rank"
 FRACTIONS = (0.95, 0.99)
+CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -84,16 +93,40 @@ def _model_order(model: Decoder, case: Case, hide_name: bool) -> list[int]:
 
 
 def _q4_order(local: LocalModel, case: Case, hide_name: bool) -> list[int]:
-    """The quantised student's order through llama.cpp (whole table, or the beam for large ones)."""
+    """The quantised student's order through llama.cpp (whole table, or its beam for large ones)."""
     prompt = case.prompt(hide_name=hide_name)
     allowed = slot_allowed(case)
+    return table_order(case, lambda: local.score(prompt, case.tokens, allowed),
+                       beam_search=lambda width: local.beam(prompt, case.tokens, allowed, width=width))
 
-    def slot_logp(prefixes: np.ndarray, j: int) -> np.ndarray:
-        logits = np.stack([local.logits([*prompt, *map(int, p)])[-1][allowed[j]] for p in prefixes])
-        logits = logits - logits.max(axis=1, keepdims=True)
-        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
-    return table_order(case, lambda: local.score(prompt, case.tokens, allowed), slot_logp)
+def _failure(where: dict[str, str], method: str, exc: Exception, log: Callable[[str], None]) -> dict[str, str]:
+    """The error record of one method failing on one case (logged; the run goes on)."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    message = f"{type(exc).__name__}: {exc} ({Path(frame.filename).name}:{frame.lineno})"
+    log(f"[{where['fold']}] {method} failed on {where['case']}: {message}")
+    return {**where, "method": method, "error": message}
+
+
+def _cost_model_methods(case: Case, hide: bool, cost: CostModel, local: LocalModel, q4_order: list[int],
+                        q4_wall: float) -> dict[str, Any]:
+    """The cost model alone, and re-ranking the student's best candidates with it (the ablation).
+
+    Also returns the ranking features of the student's candidates, for the confidence calibration.
+    """
+    started = time.perf_counter()
+    features = config_features(case.hardware, case.kernel_info, case.shape, case.codec, case.configs,
+                               hide_name=hide)
+    predicted = cost.predict(features)
+    cost_order = [int(i) for i in np.argsort(predicted, kind="stable")]
+    cost_wall = time.perf_counter() - started
+    started = time.perf_counter()
+    top = np.asarray(q4_order[:CANDIDATES])
+    logp = local.score(case.prompt(hide_name=hide), case.tokens[top], slot_allowed(case))
+    blended = [int(top[i]) for i in blend_order(logp, predicted[top])] + list(q4_order[CANDIDATES:])
+    blend_wall = q4_wall + cost_wall + time.perf_counter() - started
+    return {COST_METHOD: _metrics(case, cost_order, cost_wall), BLEND_METHOD: _metrics(case, blended, blend_wall),
+            "features": asdict(ranking_features(logp, predicted[top]))}
 
 
 def _quantised(model: Decoder, workdir: Path, name: str) -> LocalModel:
@@ -118,6 +151,8 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
     errors: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="edgetune-eval-") as tmp:
         local = _quantised(student, Path(tmp), f"student-{fold.name}") if options.quantized else None
+        log(f"[{fold.name}] cost model (ONNX)")
+        cost = CostModel(export_onnx(fit_cost_model(fold.train), Path(tmp) / COST_MODEL_FILE))
         for split, tests in fold.tests.items():
             hide = split in fold.hidden_names
             if options.max_cases:
@@ -131,23 +166,32 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
                     "cost model (LightGBM)": (cost_model.order, (case, len(case.configs))),
                 }
                 if local is not None:
-                    plans["student Q4 (llama.cpp)"] = (_q4_order, (local, case, hide))
+                    plans[Q4_METHOD] = (_q4_order, (local, case, hide))
                 if options.opentuner:
                     for budget in (options.budget, options.long_budget):
                         plans[f"OpenTuner {budget}"] = (baselines.opentuner_order, (case, budget, 0))
                 for strategy in options.kt_strategies:
                     plans[f"Kernel Tuner {strategy}"] = (baselines.kernel_tuner_order,
                                                          (case, strategy, options.budget, 0))
+                orders: dict[str, tuple[list[int], float]] = {}
+                where = {"fold": fold.name, "split": split, "case": case.case_id}
                 for method, (fn, args) in plans.items():
                     try:
-                        order, wall = _timed(fn, *args)
-                        per_method.setdefault(method, []).append(_metrics(case, order, wall))
+                        orders[method] = _timed(fn, *args)
+                        per_method.setdefault(method, []).append(_metrics(case, *orders[method]))
                     except Exception as exc:  # one method failing on one case must not sink the run
-                        where = traceback.extract_tb(exc.__traceback__)[-1]
-                        message = f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
-                        errors.append({"fold": fold.name, "split": split, "case": case.case_id, "method": method,
-                                       "error": message})
-                        log(f"[{fold.name}] {method} failed on {case.case_id}: {message}")
+                        errors.append(_failure(where, method, exc, log))
+                if local is not None and Q4_METHOD in orders:
+                    try:
+                        extra = _cost_model_methods(case, hide, cost, local, *orders[Q4_METHOD])
+                    except Exception as exc:
+                        errors.append(_failure(where, BLEND_METHOD, exc, log))
+                    else:
+                        features = extra.pop("features")
+                        for method, metrics in extra.items():
+                            per_method.setdefault(method, []).append(metrics)
+                        for method in (Q4_METHOD, BLEND_METHOD):
+                            per_method[method][-1].update(fold=fold.name, features=features)
                 per_method.setdefault("random (exact expectation)", []).append(_random_metrics(case))
                 per_method.setdefault("exhaustive", []).append(_exhaustive_metrics(case))
                 if number % 10 == 0 or number == len(tests):
@@ -239,10 +283,40 @@ def evaluate(datasets: Sequence[str], out_dir: str | Path, options: EvalOptions,
         # Training and replay of every fold, summed (folds reused from disk count what they took then).
         "wall_s": round(sum(outcomes[f.name].get("wall_s") or 0.0 for f in folds), 1),
     }
+    ablation = cost_model_ablation(merged)
+    if ablation is not None:
+        report["ablation"] = ablation
+        deployed = BLEND_METHOD if ablation["use_cost_model"] else Q4_METHOD
+        records = [{"fold": r["fold"], "split": split, "best_of_5": r["best_of"]["5"], "features": r["features"]}
+                   for split, methods in merged.items() for r in methods.get(deployed, []) if "features" in r]
+        if records:
+            calibration, validation = calibrate(records, use_cost_model=ablation["use_cost_model"])
+            report["confidence"] = {"method": deployed, **validation}
+            calibration.save(out / CALIBRATION_FILE)
     from agent.train.report import write_report
 
     write_report(report, Path(out_dir))
     return report
+
+
+def cost_model_ablation(merged: dict[str, dict[str, list]]) -> dict[str, Any] | None:
+    """Does re-ranking the student's candidates with the cost model help? Pooled over every held-out case.
+
+    The rule, fixed before the run: keep the cost model if the geometric mean of best-of-5 over all
+    held-out cases (every split) is higher with it than without.
+    """
+    pooled: dict[str, list[float]] = {Q4_METHOD: [], BLEND_METHOD: [], COST_METHOD: []}
+    for methods in merged.values():
+        by_case = {m: {r["case"]: r for r in methods.get(m, [])} for m in pooled}
+        shared = set(by_case[Q4_METHOD]) & set(by_case[BLEND_METHOD])
+        for m in pooled:
+            pooled[m] += [max(by_case[m][c]["best_of"]["5"], 1e-9) for c in sorted(shared) if c in by_case[m]]
+    if not pooled[Q4_METHOD] or not pooled[BLEND_METHOD]:
+        return None
+    means = {m: float(math.exp(np.mean(np.log(v)))) if v else None for m, v in pooled.items()}
+    return {"cases": len(pooled[Q4_METHOD]), "best_of_5": means,
+            "use_cost_model": bool(means[BLEND_METHOD] > means[Q4_METHOD]),
+            "rule": "keep the cost model if it raises the pooled geometric-mean best-of-5"}
 
 
 def _jsonable(value: Any) -> Any:

@@ -4,6 +4,7 @@ Writes into ``out_dir`` (``models/`` in the repository):
 
 - ``edgetune-student-q4_0.gguf``: the on-device model (llama.cpp's Q4_0);
 - ``edgetune-teacher-q8_0.gguf``: the larger model for the fleet's ranking endpoint;
+- ``edgetune-cost.onnx``: the cost model (LightGBM trees in ONNX) that re-ranks and checks the student;
 - ``vocab.json``: the vocabulary (version, digest, tokens), for tools that read the model;
 - ``metrics.json``: sizes, training curves, agreement between teacher, student and Q4;
 - ``README.md``: the model card (data, splits, sizes, metrics, limits).
@@ -29,11 +30,12 @@ import torch
 from agent.predict.vocab import vocabulary
 from agent.train.baselines import order_metrics
 from agent.train.cases import Case, load_cases
+from agent.train.cost_model import COST_MODEL_FILE, export_onnx, fit_cost_model
 from agent.train.fit import TrainRun, score_case, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
 from agent.train.model import Decoder
 
-__all__ = ["STUDENT_FILE", "TEACHER_FILE", "train_and_export"]
+__all__ = ["STUDENT_FILE", "TEACHER_FILE", "train_and_export", "train_cost_model"]
 
 STUDENT_FILE = "edgetune-student-q4_0.gguf"
 TEACHER_FILE = "edgetune-teacher-q8_0.gguf"
@@ -142,6 +144,8 @@ def train_and_export(datasets: Sequence[str], out_dir: str | Path, run: TrainRun
     }
     _write_json(out / "vocab.json", {"version": vocab.version, "digest": vocab.digest(), "tokens": list(vocab.tokens)})
     _write_json(out / "metrics.json", metrics)
+    train_cost_model(datasets, out, seed=run.student_train.seed, log=log, cases=cases)
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     log(f"wrote {out / STUDENT_FILE} ({metrics['student']['file_mb']} MB) and {out / TEACHER_FILE} "
         f"({metrics['teacher']['file_mb']} MB) in {metrics['wall_s']:.0f} s")
     return metrics
@@ -151,3 +155,34 @@ def _write_json(path: Path, data: Any) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(partial, path)
+
+
+def train_cost_model(datasets: Sequence[str], out_dir: str | Path, *, seed: int = 0,
+                     log: Callable[[str], None] = print, cases: Sequence[Case] | None = None) -> dict[str, Any]:
+    """Train the cost model on every case, write ``edgetune-cost.onnx`` and its entry in ``metrics.json``."""
+    from agent.predict.cost_features import config_features
+    from agent.predict.cost_model import CostModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    cases = list(cases) if cases is not None else load_cases(datasets)
+    model = fit_cost_model(cases, seed=seed)
+    path = export_onnx(model, out / COST_MODEL_FILE, metadata={"datasets": ",".join(Path(d).name for d in datasets),
+                                                               "seed": str(seed)})
+    onnx_model = CostModel(path)
+    # The ONNX file must give LightGBM's predictions (float32 thresholds: tiny differences only).
+    sample = cases[:: max(1, len(cases) // AGREEMENT_CASES)][:AGREEMENT_CASES]
+    worst = 0.0
+    for case in sample:
+        x = config_features(case.hardware, case.kernel_info, case.shape, case.codec, case.configs)
+        worst = max(worst, float(np.max(np.abs(onnx_model.predict(x) - model.predict(x.astype(np.float32))))))
+    entry = {"file": COST_MODEL_FILE, "file_kb": round(path.stat().st_size / 1024, 1), "cases": len(cases),
+             "trees": int(model.n_estimators), "seed": seed, "onnx_vs_lightgbm_max_abs": worst,
+             "train_s": round(time.monotonic() - started, 1)}
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    metrics["cost_model"] = entry
+    _write_json(metrics_path, metrics)
+    log(f"wrote {path} ({entry['file_kb']} KB, {entry['trees']} trees) in {entry['train_s']:.0f} s")
+    return entry

@@ -48,11 +48,47 @@ def markdown_report(report: dict[str, Any]) -> str:
                          f"{_fmt(s['best_of_5'])} | {_fmt(s['evals_to_0.95'], 1)} | {_fmt(s['reached_0.95'], 2)} | "
                          f"{_fmt(s['evals_to_0.99'], 1)} | {_fmt(s['reached_0.99'], 2)} | "
                          f"{_fmt(s['wall_ms_median'], 1)} |")
+    lines += _ablation_lines(report) + _confidence_lines(report)
     if report.get("errors"):
         lines += ["", "## Failures", "", "A method that failed on a case is left out of that case's row above:", ""]
         lines += [f"- {e['fold']} / {e['split']} / {e['method']} on `{e['case']}`: {e['error']}"
                   for e in report["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _ablation_lines(report: dict[str, Any]) -> list[str]:
+    ablation = report.get("ablation")
+    if not ablation:
+        return []
+    means = ablation["best_of_5"]
+    return ["", "## Ablation: does the cost model help?", "",
+            f"Pooled over {ablation['cases']} held-out cases (every split), geometric-mean best-of-5: "
+            + ", ".join(f"{m} {_fmt(v)}" for m, v in means.items()) + ".",
+            f"Rule fixed before the run: {ablation['rule']}. Verdict: "
+            + ("**kept** (the agent re-ranks its candidates with it)." if ablation["use_cost_model"] else
+               "**not kept** (the agent ranks by the student alone; the cost model only feeds confidence).")]
+
+
+def _confidence_lines(report: dict[str, Any]) -> list[str]:
+    conf = report.get("confidence")
+    if not conf:
+        return []
+    overall = conf["all"]
+    lines = ["", "## Confidence calibration", "",
+             f"Method: {conf['method']}. A case is good when its best-of-5 reaches {conf['success_ratio']} of the "
+             f"optimum. Probabilities are cross-fitted (the logistic model scoring a fold never saw it). The "
+             f"threshold {conf['threshold']:.3f} is the lowest whose confident cases are at least "
+             f"{conf['target_precision']:.0%} good; Brier score {conf['brier']:.3f}.", "",
+             "| cases | good | called confident | good when confident | good when not confident |",
+             "|---|---|---|---|---|"]
+    for name, s in [("all", overall), *conf["per_split"].items()]:
+        lines.append(f"| {name} ({s['cases']}) | {_fmt(s['good_share'], 2)} | {_fmt(s['confident_share'], 2)} | "
+                     f"{_fmt(s['precision_when_confident'], 2)} | {_fmt(s['good_among_unconfident'], 2)} |")
+    lines += ["", "Calibration curve (cross-fitted):", "", "| predicted bin | cases | mean predicted | observed good |",
+              "|---|---|---|---|"]
+    lines += [f"| {b['bin'][0]:.1f}-{b['bin'][1]:.1f} | {b['cases']} | {b['predicted']:.2f} | {b['observed']:.2f} |"
+              for b in conf["curve"]]
+    return lines
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -62,7 +98,19 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     splits = list(report["splits"])
-    fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 4.5), squeeze=False)
+    curve = report.get("confidence", {}).get("curve")
+    panels = len(splits) + (1 if curve else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4.5), squeeze=False)
+    if curve:
+        ax = axes[0][-1]
+        ax.plot([0, 1], [0, 1], color="tab:gray", linestyle=":", linewidth=1)
+        ax.plot([b["predicted"] for b in curve], [b["observed"] for b in curve], marker="o", color="tab:blue")
+        for b in curve:
+            ax.annotate(str(b["cases"]), (b["predicted"], b["observed"]), fontsize=7, xytext=(3, -9),
+                        textcoords="offset points")
+        ax.axvline(report["confidence"]["threshold"], color="tab:red", linestyle="--", linewidth=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(best-of-5 >= 95%)", ylabel="observed share")
+        ax.set_title("confidence calibration (cross-fitted)", fontsize=9)
     for ax, split in zip(axes[0], splits, strict=False):
         methods = {m: v for m, v in report["splits"][split]["methods"].items() if v.get("best_of_5") is not None}
         names = sorted(methods, key=lambda m: -(methods[m].get("best_of_5") or 0))
