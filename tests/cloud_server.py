@@ -1,0 +1,222 @@
+"""A real loopback HTTP server for the cloud client's tests, backed by a GGUF model, with failure modes.
+
+    python -m tests.cloud_server --mode ok --model models/edgetune-teacher-q8_0.gguf [--token SECRET]
+
+Binds 127.0.0.1 on a free port and prints ``PORT <n>`` as its first stdout line. It exits when its stdin
+closes, so a test run that dies leaves no server behind. Endpoints:
+
+* ``POST /v1/rank``: the fleet service, :func:`~agent.predict.rank_protocol.rank_with_model` on the model;
+* ``POST /v1/completions``: OpenAI-compatible legacy completions with ``echo`` and ``logprobs``: each prompt text
+  is split on spaces into vocabulary tokens and run through the model's ``logits``; one token is generated;
+* ``GET /stats``: how many POSTs arrived, in all and per path.
+
+Modes: ``ok``; ``hang`` (accepts, never answers); ``trickle`` (headers, then one byte a second); ``error500``;
+``error500-once`` (the first POST gets 500, the rest are ok); ``outside`` (answers configurations that are not
+candidates); ``garbage`` (a non-JSON body); ``wrong-shape`` (valid JSON, wrong schema). With ``--token`` a POST
+without ``Authorization: Bearer <token>`` gets 401.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.predict.local_model import LocalModel
+from agent.predict.rank_protocol import RankProtocolError, RankRequest, rank_with_model
+from agent.predict.vocab import vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODES = ("ok", "hang", "trickle", "error500", "error500-once", "outside", "garbage", "wrong-shape")
+_MODEL_MODES = ("ok", "error500-once", "outside")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, mode: str, model: LocalModel | None, token: str | None) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.mode, self.model, self.token = mode, model, token
+        self.lock = threading.Lock()  # one llama.cpp context: one request at a time
+        self.stats: dict[str, int] = {"requests": 0}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: Any) -> None:
+        self._send(status, json.dumps(data).encode())
+
+    def do_GET(self) -> None:
+        if self.path == "/stats":
+            with self.server.lock:
+                self._json(200, dict(self.server.stats))
+        else:
+            self._json(404, {"error": f"no such path {self.path}"})
+
+    def do_POST(self) -> None:
+        srv = self.server
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with srv.lock:
+            srv.stats["requests"] += 1
+            srv.stats[self.path] = srv.stats.get(self.path, 0) + 1
+            first = srv.stats["requests"] == 1
+        if self.path not in ("/v1/rank", "/v1/completions"):
+            return self._json(404, {"error": f"no such path {self.path}"})
+        if srv.token and self.headers.get("Authorization") != f"Bearer {srv.token}":
+            return self._json(401, {"error": "missing or wrong bearer token"})
+        mode = srv.mode
+        if mode == "hang":
+            time.sleep(3600)
+        elif mode == "trickle":
+            self._trickle()
+        elif mode == "error500" or (mode == "error500-once" and first):
+            self._json(500, {"error": "internal server error"})
+        elif mode == "garbage":
+            self._send(200, b"<html><body>502 Bad Gateway, or so</body></html>", "text/html")
+        elif mode == "wrong-shape":
+            self._json(200, {"result": "ranked", "configs": {"BM": 16}, "choices": "none"})
+        else:
+            try:
+                data = (self._rank if self.path == "/v1/rank" else self._completions)(json.loads(body), mode)
+            except (RankProtocolError, ValueError, KeyError, TypeError) as exc:
+                return self._json(400, {"error": str(exc)})
+            self._json(200, data)
+
+    def _trickle(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        try:
+            for _ in range(3600):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(1.0)
+        except OSError:
+            pass  # the client gave up
+
+    def _rank(self, data: Any, mode: str) -> dict[str, Any]:
+        request = RankRequest.from_json(data)
+        with self.server.lock:
+            answer = rank_with_model(self.server.model, request).to_json()
+        if mode == "outside":
+            name = request.slots[0]["name"]
+            answer["configs"] = [{**c, name: 999_983} for c in answer["configs"]]
+        return answer
+
+    def _completions(self, data: dict[str, Any], mode: str) -> dict[str, Any]:
+        prompts = data["prompt"] if isinstance(data["prompt"], list) else [data["prompt"]]
+        if not data.get("echo") or data.get("max_tokens") != 1 or data.get("logprobs") is None:
+            raise ValueError("this test server only answers echo=true, max_tokens=1, logprobs")
+        vocab = vocabulary()
+        model = self.server.model
+        choices = []
+        for i, text in enumerate(prompts):
+            tokens = text.split(" ")
+            ids = [vocab.id(t) for t in tokens]
+            unknown = [t for t, k in zip(tokens, ids, strict=True) if vocab.tokens[k] != t]
+            if unknown:
+                raise ValueError(f"prompt {i}: unknown tokens {unknown[:3]}")
+            with self.server.lock:
+                logits = model.logits(ids).astype(np.float64)
+            logp = logits - logits.max(axis=1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+            generated = int(np.argmax(logp[-1]))
+            shown = [tokens[0], *(" " + t for t in tokens[1:]), " " + vocab.tokens[generated]]
+            offsets = np.cumsum([0, *(len(t) for t in shown[:-1])]).tolist()  # GPT style: a token owns its space
+            token_logprobs = [None, *(float(logp[j - 1, ids[j]]) for j in range(1, len(ids))),
+                              float(logp[-1, generated])]
+            top = [None, *({shown[j]: token_logprobs[j]} for j in range(1, len(shown)))]
+            choices.append({"index": i + len(prompts) if mode == "outside" else i, "text": text + shown[-1],
+                            "finish_reason": "length",
+                            "logprobs": {"tokens": shown, "token_logprobs": token_logprobs, "top_logprobs": top,
+                                         "text_offset": offsets}})
+        return {"id": "cmpl-test", "object": "text_completion", "created": int(time.time()),
+                "model": model.path.stem, "choices": choices}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start the server, print its port, serve until stdin closes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=MODES, default="ok")
+    parser.add_argument("--model", required=True, help="GGUF model file")
+    parser.add_argument("--token", default=None, help="require this bearer token")
+    args = parser.parse_args(argv)
+    model = LocalModel(args.model, n_threads=1) if args.mode in _MODEL_MODES else None
+    server = _Server(args.mode, model, args.token)
+    print(f"PORT {server.server_address[1]}", flush=True)
+
+    def watch_stdin() -> None:
+        sys.stdin.read()
+        os._exit(0)
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    server.serve_forever()
+
+
+class Servers:
+    """Child processes of tests/cloud_server.py; ``shared`` ones live for the module, ``start`` gives a fresh one."""
+
+    def __init__(self, model: Path) -> None:
+        self.model = model
+        self.procs: list[subprocess.Popen[str]] = []
+        self.by_mode: dict[str, str] = {}
+
+    def start(self, mode: str, *, token: str | None = None) -> str:
+        cmd = [sys.executable, "-m", "tests.cloud_server", "--mode", mode, "--model", str(self.model)]
+        proc = subprocess.Popen([*cmd, *(["--token", token] if token else [])], cwd=ROOT, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.procs.append(proc)
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("PORT "), f"cloud_server --mode {mode} did not start: {line!r}"
+        return f"http://127.0.0.1:{int(line.split()[1])}"
+
+    def shared(self, mode: str) -> str:
+        if mode not in self.by_mode:
+            self.by_mode[mode] = self.start(mode)
+        return self.by_mode[mode]
+
+    @staticmethod
+    def stats_of(url: str) -> int:
+        """How many POSTs the server at ``url`` has answered."""
+        import httpx
+
+        return int(httpx.get(f"{url}/stats", timeout=5).json()["requests"])
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin:
+                proc.stdin.close()  # the server exits when its stdin closes
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+
+if __name__ == "__main__":
+    main()
