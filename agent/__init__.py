@@ -1,10 +1,13 @@
 """edgetune: an on-device kernel autotuning agent (import name ``agent``).
 
 The public API is what ``__all__`` lists; everything else is an implementation module.
-The data flows: probe (``agent.hardware``) -> space (``agent.kernels``) -> benchmark
-(``agent.bench``) -> search and tune (``agent.search``, ``agent.tuner``) -> store.
+The data flows: probe (``agent.hardware``) -> space (``agent.kernels``) -> predict
+(``agent.predict``) -> benchmark (``agent.bench``) -> search and tune (``agent.search``,
+``agent.tuner``) -> store. ``tune`` and ``best_config`` (``agent.api``) are the entry
+points for applications; ``agent.tuner.tune`` is the same loop with every part passed in.
 """
 
+from agent.api import BestConfig, best_config, tune
 from agent.errors import (
     ConfigError,
     EdgetuneError,
@@ -23,9 +26,10 @@ from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space
 from agent.kernels.spec import KernelSpec, load_spec
 from agent.store import Store
-from agent.tuner import Budget, TuneOptions, TuneResult, tune
+from agent.tuner import Budget, TuneOptions, TuneResult
 
 __all__ = [
+    "BestConfig",
     "Budget",
     "ConfigError",
     "EdgetuneError",
@@ -44,6 +48,7 @@ __all__ = [
     "TuneOptions",
     "TuneResult",
     "WorkerError",
+    "best_config",
     "find_kernel",
     "load_profile",
     "load_spec",

@@ -9,6 +9,7 @@ progress goes to stderr, only on a terminal, and never with ``--json``.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -126,11 +127,12 @@ def kernels(obj: _Context, as_json: bool) -> None:
 @cli.command()
 @click.argument("kernel")
 @click.option("--shape", help="Problem shape, e.g. M=256,N=256,K=256, or a named shape of the kernel.")
-@click.option("--strategy", default="local", show_default=True,
-              help="Search strategy: exhaustive, random or local.")
+@click.option("--strategy", default="model", show_default=True,
+              help="model (predict, benchmark the top few, refine), or a search: local, random, exhaustive, "
+                   "opentuner.")
 @click.option("--budget", default=None,
               help="Evaluations (e.g. 40) or wall time (30s, 2m); 'all' for no limit. "
-                   "Default: 40, or all for exhaustive.")
+                   "Default: 5 for model (the default configuration among them), all for exhaustive, else 40.")
 @click.option("--target", default="native", show_default=True,
               help="-march target: native, x86-64, x86-64-v2, x86-64-v3, armv8-a ...")
 @click.option("--seed", default=0, show_default=True, help="Seed of the search and the inputs.")
@@ -140,39 +142,67 @@ def kernels(obj: _Context, as_json: bool) -> None:
               help="Seconds one run of a candidate may take before it is killed.")
 @click.option("--config", "configs", multiple=True, metavar="NAME=VALUE,...",
               help="Measure exactly this configuration (repeatable) against the default, no search.")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path),
+              help="Folder of the model files (default: EDGETUNE_MODELS, else the shipped models/).")
+@click.option("--cloud", "cloud_url", metavar="URL",
+              help="Ranking service asked when the model is not confident (default: EDGETUNE_CLOUD_URL; "
+                   "the token comes from EDGETUNE_CLOUD_TOKEN).")
+@click.option("--cloud-kind", type=click.Choice(["fleet", "openai"]), default=None,
+              help="fleet: edgetune's /v1/rank; openai: any OpenAI-compatible /v1/completions with logprobs.")
 @json_option
 @click.pass_obj
 def tune(obj: _Context, kernel: str, shape: str | None, strategy: str, budget: str | None,
          target: str, seed: int, cache_mode: str, timeout_s: float, configs: tuple[str, ...],
-         as_json: bool) -> None:
-    """Tune KERNEL (a name or a path to kernel.toml) for one shape on this machine."""
+         models_dir: Path | None, cloud_url: str | None, cloud_kind: str | None, as_json: bool) -> None:
+    """Tune KERNEL (a name or a path to kernel.toml) for one shape on this machine.
+
+    The default strategy predicts a ranking with the on-device model (asking the cloud only
+    when it is not confident), benchmarks the default and the best predictions, and spends
+    any budget left refining around the winner. Without a usable model it says so and runs
+    local search.
+    """
     from agent import hardware
     from agent.bench.compile import Toolchain
     from agent.kernels.problem import parse_shape
     from agent.kernels.registry import find_kernel
     from agent.kernels.space import Space, parse_config
     from agent.search import get_strategy
-    from agent.tuner import Budget, TuneOptions
+    from agent.tuner import Budget, TuneOptions, default_budget
     from agent.tuner import tune as tune_problem
 
     get_strategy(strategy)  # reject an unknown name before probing or compiling anything
     if timeout_s <= 0:
         raise click.BadParameter("must be positive", param_hint="--timeout")
-    parsed_budget = Budget.parse(budget if budget is not None else
-                                 ("all" if strategy == "exhaustive" else "40"))
+    parsed_budget = Budget.parse(budget) if budget is not None else default_budget(strategy)
     problem = parse_shape(find_kernel(kernel), shape)
     requested = tuple(Space.build(problem).check(parse_config(c)) for c in configs)
     profile = hardware.probe(measure_bandwidth=False, compiler=obj.settings.compiler)
     toolchain = Toolchain.detect(obj.settings.compiler, target, cpu_tag=profile.fingerprint())
     options = TuneOptions(strategy=strategy, budget=parsed_budget, target=target, seed=seed,
-                          cache=cache_mode, timeout_s=timeout_s, configs=requested)
+                          cache=cache_mode, timeout_s=timeout_s, configs=requested,
+                          models=models_dir or obj.settings.models_dir,
+                          cloud=_cloud_settings(obj.settings, cloud_url, cloud_kind),
+                          state_dir=obj.settings.db_path.parent)
     with obj.open_store() as store, _progress(as_json, problem, parsed_budget, strategy) as on_result:
         result = tune_problem(problem, profile=profile, store=store, toolchain=toolchain,
                               cache_dir=obj.settings.cache_dir, options=options, on_result=on_result)
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
         return
     _print_tune_result(result)
+
+
+def _cloud_settings(settings: Settings, url: str | None, kind: str | None) -> Any:
+    """The cloud client's settings from the command line and the environment (None: no cloud)."""
+    url = url or settings.cloud_url
+    if not url:
+        return None
+    from agent.predict.cloud import CloudSettings
+
+    return CloudSettings(url=url, kind=kind or settings.cloud_kind, token=settings.cloud_token,
+                         model=settings.cloud_model)
 
 
 @cli.command()
@@ -473,7 +503,7 @@ def _datasets(paths: tuple[Path, ...]) -> list[str]:
 
 
 def _training_modules() -> None:
-    missing = [m for m in ("torch", "gguf", "llama_cpp") if not _importable(m)]
+    missing = [m for m in ("torch", "gguf", "llama_cpp", "lightgbm", "onnxmltools") if not _importable(m)]
     if missing:
         raise ConfigError(f"training needs {', '.join(missing)}: pip install 'edgetune[train]'")
 
@@ -495,25 +525,37 @@ def _importable(module: str) -> bool:
               help="Write the model card (README.md) from metrics.json and the eval report.")
 @click.option("--smoke", is_flag=True, help="Tiny models and 5 steps: checks the pipeline in seconds (not for use).")
 @click.option("--threads", type=click.IntRange(1), help="PyTorch threads (default: the machine's cores).")
+@click.option("--only", type=click.Choice(["all", "cost-model"]), default="all", show_default=True,
+              help="cost-model: train only the ONNX cost model (seconds), keep the GGUF files.")
 @json_option
 def train(datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, student_steps: int | None,
-          seed: int, card: bool, smoke: bool, threads: int | None, as_json: bool) -> None:
-    """Train the teacher and the distilled 4-bit student on DATASETS (default: models/data/*).
+          seed: int, card: bool, smoke: bool, threads: int | None, only: str, as_json: bool) -> None:
+    """Train the teacher, the distilled 4-bit student and the cost model on DATASETS (default: models/data/*).
 
     Same datasets and seed, same models. Writes edgetune-student-q4_0.gguf,
-    edgetune-teacher-q8_0.gguf, vocab.json, metrics.json and the model card README.md.
-    A few minutes per model on two cores.
+    edgetune-teacher-q8_0.gguf, edgetune-cost.onnx, vocab.json, metrics.json and the model
+    card README.md. A few minutes per model on two cores.
     """
     _training_modules()
     from agent.train.fit import TrainRun
-    from agent.train.pipeline import train_and_export
+    from agent.train.pipeline import train_and_export, train_cost_model
+
+    log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
+    if only == "cost-model":
+        entry = train_cost_model(_datasets(datasets), out_dir, seed=seed, log=log)
+        if card and (out_dir / "edgetune-student-q4_0.gguf").is_file():
+            from agent.train.card import write_card
+
+            write_card(out_dir)
+        if as_json:
+            click.echo(json.dumps(entry, indent=1))
+        return
 
     run = (TrainRun().tiny(5) if smoke else TrainRun()).seeded(seed)
     if teacher_steps:
         run = replace(run, teacher_train=replace(run.teacher_train, steps=teacher_steps))
     if student_steps:
         run = replace(run, student_train=replace(run.student_train, steps=student_steps))
-    log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     metrics = train_and_export(_datasets(datasets), out_dir, run, log=log, threads=threads)
     if card:
         from agent.train.card import write_card
@@ -557,6 +599,9 @@ def eval_(datasets: tuple[Path, ...], out_dir: Path, folds: tuple[str, ...], qui
     if (out_dir.parent / "metrics.json").is_file():  # models/eval beside a trained models/: refresh its card
         from agent.train.card import write_card
 
+        calibration = out_dir / "calibration.json"
+        if calibration.is_file() and not quick and not folds:  # only a full run calibrates the shipped models
+            shutil.copyfile(calibration, out_dir.parent / "confidence.json")
         write_card(out_dir.parent)
     if as_json:
         click.echo(json.dumps(report["splits"], indent=1))

@@ -85,6 +85,19 @@ def m002_cores_and_imports(db: sqlite_utils.Database) -> None:
     db["tunings"].create_index(["device", "kernel_key", "shape", "target", "strategy"])
 
 
+@migrations()
+def m003_prediction(db: sqlite_utils.Database) -> None:
+    # What the model strategy adds to a run: where each candidate came from (local model, cloud,
+    # refinement, default) and its predicted rank; per tuning, where the time went and how sure
+    # the prediction was.
+    db["runs"].add_column("source", str)
+    db["runs"].add_column("predicted_rank", int)
+    for name, kind in (("predict_s", float), ("cloud_s", float), ("compile_s", float), ("benchmark_s", float),
+                       ("confidence", float), ("cloud", str), ("winner_source", str),
+                       ("winner_predicted_rank", int), ("note", str)):
+        db["tunings"].add_column(name, kind)
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -109,11 +122,17 @@ class RunRecord:
     median_s: float | None = None
     compile_s: float | None = None
     phase: str = "search"
+    source: str | None = None  # model strategy: local, cloud, refine or default
+    predicted_rank: int | None = None  # model strategy: 0-based place in the predicted ranking
     created_at: str = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         if self.status not in INVALIDITY:
             raise ValueError(f"status {self.status!r} is not one of {INVALIDITY}")
+
+
+_TUNING_DETAILS = {"predict_s", "cloud_s", "compile_s", "benchmark_s", "confidence", "cloud", "winner_source",
+                   "winner_predicted_rank", "note"}
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:
@@ -126,7 +145,7 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
         "strategy": run.strategy, "phase": run.phase, "status": run.status,
         "reason": run.reason, "median_s": run.median_s,
         "samples": json.dumps(list(run.samples)), "compile_s": run.compile_s,
-        "created_at": run.created_at,
+        "source": run.source, "predicted_rank": run.predicted_rank, "created_at": run.created_at,
     }
 
 
@@ -276,12 +295,18 @@ class Store:
     def finish_tuning(self, tuning_id: int, *, evaluations: int, wall_s: float,
                       winner_run: int | None, winner_config: Mapping[str, Any] | None,
                       winner_median_s: float | None, default_median_s: float | None,
-                      speedup: float | None, tie: bool, update_best: bool = True) -> None:
+                      speedup: float | None, tie: bool, update_best: bool = True,
+                      details: Mapping[str, Any] | None = None) -> None:
         """Close a tuning session and, when it found a winner, make it the device's best.
 
         ``update_best=False`` keeps ``best`` as it is (collection on fewer cores than the
-        device has measures an emulated smaller device, not this one).
+        device has measures an emulated smaller device, not this one). ``details`` fills the
+        prediction columns (``predict_s``, ``cloud_s``, ``compile_s``, ``benchmark_s``,
+        ``confidence``, ``cloud``, ``winner_source``, ``winner_predicted_rank``, ``note``).
         """
+        unknown = set(details or {}) - _TUNING_DETAILS
+        if unknown:
+            raise ValueError(f"unknown tuning details: {', '.join(sorted(unknown))}")
         now = utc_now()
         with self._write() as db:
             db["tunings"].update(tuning_id, {
@@ -289,7 +314,7 @@ class Store:
                 "wall_s": wall_s, "winner_run": winner_run,
                 "winner_config": json.dumps(dict(winner_config), sort_keys=True) if winner_config else None,
                 "winner_median_s": winner_median_s, "default_median_s": default_median_s,
-                "speedup": speedup, "tie": int(tie),
+                "speedup": speedup, "tie": int(tie), **(details or {}),
             })
             if winner_config is None or winner_run is None or not update_best:
                 return

@@ -5,9 +5,11 @@ parallel (and only then measures, with nothing else running), verifies every can
 against the reference in the isolated worker, times the valid ones interleaved, and
 stores every outcome, valid or not, in its own transaction.
 
-``tune()`` measures the kernel's default first (the baseline), runs the strategy, then
+``tune()`` measures the kernel's default first (the baseline; the model strategy puts it
+in its first batch instead, so it compiles beside the predictions), runs the strategy, then
 re-measures the best few together with the default, interleaved, to name the winner and
-its speed-up honestly.
+its speed-up honestly. Where the time went (predict, cloud, compile, benchmark) and where
+each candidate came from are stored with the tuning.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from agent.kernels.space import Config, Space, config_key
 from agent.search import get_strategy
 from agent.store import RunRecord, Store
 
-__all__ = ["Budget", "CandidateResult", "Evaluator", "TuneOptions", "TuneResult", "tune"]
+__all__ = ["Budget", "CandidateResult", "Evaluator", "TuneOptions", "TuneResult", "default_budget", "tune"]
 
 CACHE_MODES = ("auto", "cold", "hot")
 FINALISTS = 3
@@ -71,12 +73,20 @@ class Budget:
         return "+".join(parts) or "all"
 
 
+def default_budget(strategy: str) -> Budget:
+    """What a strategy spends when nobody says: the model 5 evaluations (the default among
+    them), exhaustive search everything, the other searches 40."""
+    if strategy == "model":
+        return Budget(evaluations=5)
+    return Budget() if strategy == "exhaustive" else Budget(evaluations=40)
+
+
 @dataclass(frozen=True)
 class TuneOptions:
     """Everything a tuning run can be told; defaults suit a quick run on a small device."""
 
-    strategy: str = "local"
-    budget: Budget = field(default_factory=lambda: Budget(evaluations=40))
+    strategy: str = "model"
+    budget: Budget | None = None  # None: default_budget(strategy)
     target: str = "native"
     seed: int = 0
     cache: str = "auto"  # auto: flush caches when the working set fits in the LLC
@@ -85,6 +95,11 @@ class TuneOptions:
     batch_size: int = 8
     jobs: int | None = None  # parallel compiles; None = one per core
     configs: tuple[Mapping[str, Any], ...] = ()  # measure exactly these instead of searching
+    models: Path | None = None  # model strategy: the folder of the model files (None: the shipped ones)
+    cloud: Any = None  # model strategy: agent.predict.cloud.CloudSettings, asked when confidence is low
+    state_dir: Path | None = None  # where the cloud client keeps its circuit-breaker state
+    top_k: int = 5  # model strategy: predictions benchmarked in the first batch (the budget may cut it)
+    predictor: Any = field(default=None, compare=False, repr=False)  # a loaded Predictor to reuse
 
 
 @dataclass(frozen=True)
@@ -124,10 +139,18 @@ class TuneResult:
     outcomes: Mapping[str, int]
     wall_s: float
     gflops: float | None
+    timings: Mapping[str, float] = field(default_factory=dict)  # predict_s, cloud_s, compile_s, benchmark_s
+    winner_source: str | None = None  # model strategy: local, cloud, refine or default
+    winner_predicted_rank: int | None = None
+    confidence: float | None = None
+    cloud: str | None = None  # model strategy: what asking the cloud gave (None: not asked)
+    notes: tuple[str, ...] = ()  # warnings, e.g. a fallback from the model to search
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["outcomes"] = dict(self.outcomes)
+        data["timings"] = dict(self.timings)
+        data["notes"] = list(self.notes)
         return data
 
 
@@ -139,7 +162,8 @@ class Evaluator:
 
     def __init__(self, *, space: Space, toolchain: Toolchain, session: WorkerSession,
                  store: Store, tuning_id: int, device: str, strategy: str, options: TuneOptions,
-                 cache_dir: Path, on_result: ProgressCallback | None = None) -> None:
+                 cache_dir: Path, on_result: ProgressCallback | None = None,
+                 profile: HardwareProfile | None = None) -> None:
         self.space = space
         self.problem = space.problem
         self.toolchain = toolchain
@@ -155,6 +179,19 @@ class Evaluator:
         self.evaluations = 0  # candidates that reached the compiler
         self.rng = random.Random(options.seed)
         self.started = time.monotonic()
+        self.profile = profile
+        self.timings = {"predict_s": 0.0, "cloud_s": 0.0, "compile_s": 0.0, "benchmark_s": 0.0}
+        self.labels: dict[str, tuple[str, int | None]] = {}  # config key -> (source, predicted rank)
+        self.details: dict[str, Any] = {}  # the strategy's record: confidence, cloud outcome
+        self.notes: list[str] = []
+
+    def label(self, config: Mapping[str, Any], source: str, rank: int | None = None) -> None:
+        """Say where a configuration came from before evaluating it (the first label wins)."""
+        self.labels.setdefault(config_key(self.space.check(config)), (source, rank))
+
+    def note(self, text: str) -> None:
+        """A warning for the user and the tuning record (e.g. a fallback)."""
+        self.notes.append(text)
 
     @property
     def batch_size(self) -> int:
@@ -206,8 +243,11 @@ class Evaluator:
                 if k in self.results]
 
     def _evaluate_fresh(self, configs: list[Config]) -> None:
+        started = time.perf_counter()
         builds = compile_many(self.problem.spec, configs, self.toolchain, self.cache_dir,
                               jobs=self.options.jobs)
+        self.timings["compile_s"] += time.perf_counter() - started
+        started = time.perf_counter()
         verified: dict[str, tuple[Config, float]] = {}
         for config, build in zip(configs, builds, strict=True):
             key = config_key(config)
@@ -225,10 +265,12 @@ class Evaluator:
         for key, (config, compile_s) in verified.items():
             self._record(_from_measurement(config, measured[key], compile_s))
             self.session.forget(key)
+        self.timings["benchmark_s"] += time.perf_counter() - started
 
     def measure_finalists(self, finalists: Sequence[CandidateResult]) -> list[CandidateResult]:
         """Re-measure finalists together, interleaved, with a longer budget; stored as phase 'final'."""
         ids = {}
+        started = time.perf_counter()
         for result in finalists:
             build = compile_many(self.problem.spec, [result.config], self.toolchain, self.cache_dir)[0]
             if build.library is None:
@@ -246,6 +288,7 @@ class Evaluator:
             candidate = _from_measurement(result.config, measured[key], result.compile_s)
             final.append(self._store(candidate, phase="final"))
             self.session.forget(key)
+        self.timings["benchmark_s"] += time.perf_counter() - started  # cached builds: loading and timing
         return final
 
     def _record(self, result: CandidateResult) -> None:
@@ -255,13 +298,14 @@ class Evaluator:
             self.on_result(stored, self.evaluations)
 
     def _store(self, result: CandidateResult, phase: str) -> CandidateResult:
+        source, rank = self.labels.get(result.key, (None, None))
         run_id = self.store.add_run(RunRecord(
             tuning_id=self.tuning_id, device=self.device, kernel_key=self.problem.spec.key,
             kernel=self.problem.spec.name, shape=self.problem.key, config=result.config,
             target=self.toolchain.target, compiler=self.toolchain.version,
             flags=self.toolchain.flags, strategy=self.strategy, status=result.status,
             reason=result.reason, samples=result.samples, median_s=result.median_s,
-            compile_s=result.compile_s, phase=phase,
+            compile_s=result.compile_s, phase=phase, source=source, predicted_rank=rank,
         ))
         return replace(result, run_id=run_id)
 
@@ -287,6 +331,9 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
          on_result: ProgressCallback | None = None) -> TuneResult:
     """Tune ``problem`` on this device with ``options.strategy``; every outcome is stored."""
     search = get_strategy(options.strategy)
+    if options.budget is None:
+        options = replace(options, budget=default_budget(options.strategy))
+    assert options.budget is not None
     spec = problem.spec
     space = Space.build(problem, max_threads=profile.logical_cores,
                         vector_bits=target_vector_bits(toolchain.target, profile))
@@ -308,16 +355,20 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
                            flush_bytes=flush_bytes, timeout_s=options.timeout_s) as session:
             evaluator = Evaluator(space=space, toolchain=toolchain, session=session, store=store,
                                   tuning_id=tuning_id, device=device, strategy=strategy,
-                                  options=options, cache_dir=cache_dir / "build", on_result=on_result)
+                                  options=options, cache_dir=cache_dir / "build", on_result=on_result,
+                                  profile=profile)
             default = space.default()
             if space.is_valid(default):
-                evaluator.evaluate([default])
+                evaluator.label(default, "default")
+                if requested or not getattr(search, "measures_default", False):
+                    evaluator.evaluate([default])
             if requested:
                 evaluator.evaluate(requested)
             else:
                 search(evaluator, space, random.Random(options.seed))
             default_result = evaluator.results.get(config_key(default))
-            finalists = evaluator.best()[:FINALISTS]
+            # Asked-for configurations are all re-measured together; a search's best few are.
+            finalists = evaluator.best() if requested else evaluator.best()[:FINALISTS]
             if default_result is not None and default_result.status == "correct" and \
                     default_result.key not in {f.key for f in finalists}:
                 finalists.append(default_result)
@@ -333,11 +384,16 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
     tie = bool(len(ranked) > 1 and ranked[1].median_s and winner and winner.median_s
                and ranked[1].median_s <= winner.median_s * (1 + TIE_RATIO))
     wall_s = time.monotonic() - started
+    winner_source, winner_rank = evaluator.labels.get(winner.key, (None, None)) if winner else (None, None)
+    timings = {k: round(v, 4) for k, v in evaluator.timings.items()}
     store.finish_tuning(
         tuning_id, evaluations=evaluator.evaluations, wall_s=wall_s,
         winner_run=winner.run_id if winner else None, winner_config=winner.config if winner else None,
         winner_median_s=winner.median_s if winner else None,
         default_median_s=final_default.median_s if final_default else None, speedup=speedup, tie=tie,
+        details={**timings, "confidence": evaluator.details.get("confidence"),
+                 "cloud": evaluator.details.get("cloud"), "winner_source": winner_source,
+                 "winner_predicted_rank": winner_rank, "note": "; ".join(evaluator.notes) or None},
     )
     outcomes = Counter(r.status for r in evaluator.results.values())
     gflops = None
@@ -348,4 +404,7 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
         target=toolchain.target, strategy=strategy, budget=str(options.budget),
         device=device, winner=winner, default=final_default, speedup=speedup, tie=tie,
         evaluations=evaluator.evaluations, outcomes=dict(outcomes), wall_s=wall_s, gflops=gflops,
+        timings=timings, winner_source=winner_source, winner_predicted_rank=winner_rank,
+        confidence=evaluator.details.get("confidence"), cloud=evaluator.details.get("cloud"),
+        notes=tuple(evaluator.notes),
     )

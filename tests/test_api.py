@@ -4,9 +4,9 @@ import agent
 def test_public_api_is_pinned():
     # Changing this list is an API change: update the README and the version with it.
     assert agent.__all__ == [
-        "Budget", "ConfigError", "EdgetuneError", "ExpressionError", "HardwareProfile", "KernelNotFound",
+        "BestConfig", "Budget", "ConfigError", "EdgetuneError", "ExpressionError", "HardwareProfile", "KernelNotFound",
         "KernelSpec", "ProbeError", "Problem", "ShapeError", "Space", "SpecError", "Store", "StoreError",
-        "ToolchainError", "TuneOptions", "TuneResult", "WorkerError", "find_kernel", "load_profile",
+        "ToolchainError", "TuneOptions", "TuneResult", "WorkerError", "best_config", "find_kernel", "load_profile",
         "load_spec", "parse_shape", "probe", "tune",
     ]
     for name in agent.__all__:

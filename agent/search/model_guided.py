@@ -1,0 +1,148 @@
+"""The model strategy: predict, maybe ask the cloud, benchmark the top few, refine within budget.
+
+1. The on-device predictor ranks the valid configurations (milliseconds).
+2. When its calibrated confidence is below the threshold and a cloud service is configured,
+   the service ranks them too; its answer is merged with the local ranking. A service that
+   is down, slow or wrong costs at most its timeout and changes nothing.
+3. The default and the best predictions go to the evaluator as one batch: they compile in
+   parallel, then are timed interleaved with nothing else running.
+4. Budget left over refines: the best configuration's untried neighbours, most probable
+   first, until the budget ends or no neighbour is faster.
+
+Without a usable model (missing or corrupt file) the strategy says so and runs local search.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.bench.measure import TIE_RATIO
+from agent.errors import EdgetuneError
+from agent.kernels.space import Config, Space, config_key
+from agent.predict.errors import ModelFileError
+
+if TYPE_CHECKING:
+    from agent.predict.predictor import Prediction, Predictor
+    from agent.tuner import Evaluator
+
+__all__ = ["search"]
+
+FULL_SPACE_TO_CLOUD = 2048  # send the whole valid space to the cloud up to this size, else the local candidates
+_PREDICTORS: dict[tuple[str, str | None], Predictor] = {}
+
+
+def load_predictor(models: Path | None, cache_dir: Path | None) -> Predictor:
+    """The predictor for ``models`` (loaded once per process)."""
+    from agent.predict.predictor import Predictor, default_model_dir
+
+    folder = Path(models) if models is not None else default_model_dir()
+    key = (str(folder.resolve()), str(cache_dir) if cache_dir else None)
+    if key not in _PREDICTORS:
+        _PREDICTORS[key] = Predictor(folder, cache_dir=cache_dir)
+    return _PREDICTORS[key]
+
+
+def _profile_dict(evaluator: Evaluator) -> dict[str, Any]:
+    if evaluator.profile is None:
+        raise EdgetuneError("the model strategy needs the device's hardware profile")
+    return evaluator.profile.to_dict()
+
+
+def search(evaluator: Evaluator, space: Space, rng: random.Random) -> None:
+    options = evaluator.options
+    started = time.perf_counter()
+    try:
+        predictor = options.predictor or load_predictor(options.models, evaluator.cache_dir.parent)
+        profile = _profile_dict(evaluator)
+        prediction = predictor.predict(space, profile)
+    except (ModelFileError, ImportError, OSError) as exc:
+        evaluator.timings["predict_s"] += time.perf_counter() - started
+        evaluator.note(f"model unavailable ({exc}); tuned with local search instead")
+        from agent.search import local_search
+
+        default = space.default()
+        if space.is_valid(default) and not evaluator.seen(default):
+            evaluator.evaluate([default])
+        local_search.search(evaluator, space, rng)
+        return
+    evaluator.timings["predict_s"] += time.perf_counter() - started
+    for warning in predictor.warnings:
+        evaluator.note(warning)
+    evaluator.details["confidence"] = prediction.confidence
+    ranked = _ask_cloud(evaluator, predictor, space, profile, prediction)
+    for rank, (config, source) in enumerate(ranked):
+        evaluator.label(config, source, rank)
+    default = space.default()
+    first = [default] if space.is_valid(default) else []
+    first += [config for config, _ in ranked[: options.top_k]]
+    evaluator.evaluate(first)
+    _refine(evaluator, predictor, space, profile, [config for config, _ in ranked])
+
+
+def _ask_cloud(evaluator: Evaluator, predictor: Predictor, space: Space, profile: dict[str, Any],
+               prediction: Prediction) -> list[tuple[Config, str]]:
+    """The ranking to benchmark: the local one, merged with the cloud's when it was asked and answered."""
+    local = [(c.config, c.logp) for c in prediction.candidates]
+    cloud_settings = evaluator.options.cloud
+    if prediction.confident or cloud_settings is None:
+        if cloud_settings is None and not prediction.confident:
+            evaluator.details["cloud"] = "not configured"
+        return [(config, "local") for config, _ in local]
+    from agent.predict.cloud import CloudClient, merge_rankings
+    from agent.predict.rank_protocol import request_for
+
+    started = time.perf_counter()
+    valid = predictor.valid_configs(space, profile)
+    candidates = list(valid) if len(valid) <= FULL_SPACE_TO_CLOUD else [c for c, _ in local]
+    state = evaluator.options.state_dir / "cloud-breaker.json" if evaluator.options.state_dir else None
+    client = CloudClient(cloud_settings, state_path=state)
+    request = request_for(list(prediction.prompt), predictor.codec(space, profile), candidates,
+                          k=len(local), kernel=space.problem.spec.name, shape=dict(space.problem.shape))
+    answer = client.ask(request)
+    evaluator.timings["cloud_s"] += time.perf_counter() - started
+    if answer is None:
+        evaluator.details["cloud"] = f"failed: {client.last_error}"
+        evaluator.note(f"cloud not used: {client.last_error}")
+        return [(config, "local") for config, _ in local]
+    evaluator.details["cloud"] = f"answered: {len(answer.configs)} configurations from {answer.model}"
+    return [(dict(config), source) for config, _, source in merge_rankings(local, answer)]
+
+
+def _refine(evaluator: Evaluator, predictor: Predictor, space: Space, profile: dict[str, Any],
+            ranked: list[Config]) -> None:
+    """Spend what the budget has left: hill-climb from the best, most probable neighbours first."""
+    tried_from: set[str] = set()
+    while not evaluator.exhausted:
+        best = evaluator.best()
+        if not best:
+            fresh = [c for c in ranked if not evaluator.seen(c)]
+            if not fresh:
+                return
+            evaluator.evaluate(fresh[: evaluator.batch_size])
+            continue
+        current = best[0]
+        unseen = [n for n in space.neighbours(current.config) if not evaluator.seen(n)]
+        if not unseen or current.key in tried_from:
+            # A local optimum: go on down the predicted ranking instead.
+            fresh = [c for c in ranked if not evaluator.seen(c)]
+            if not fresh:
+                return
+            evaluator.evaluate(fresh[: evaluator.batch_size])
+            continue
+        tried_from.add(current.key)
+        scores = predictor.score(space, profile, unseen)
+        order = sorted(range(len(unseen)), key=lambda i: -scores[i])
+        batch = [unseen[i] for i in order[: evaluator.batch_size]]
+        for config in batch:
+            evaluator.label(config, "refine")
+        evaluator.evaluate(batch)
+        new_best = evaluator.best()[0]
+        if new_best.key == current.key or (new_best.median_s or 0) > (current.median_s or 0) * (1 - TIE_RATIO):
+            continue  # no real gain from this neighbourhood: the next round starts from the ranking
+        tried_from.discard(config_key(new_best.config))
+
+
+search.measures_default = True  # type: ignore[attr-defined]  # the default joins the first batch

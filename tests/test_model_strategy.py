@@ -1,0 +1,182 @@
+"""The model strategy as a user runs it: the shipped models, a real compiler and worker, real loopback servers.
+
+Faults are real: a missing or truncated model file, a cloud service that is down, hangs,
+answers 500, answers configurations outside the space, or answers garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import agent
+from agent.bench.measure import MeasureSettings
+from agent.kernels.problem import parse_shape
+from agent.kernels.registry import find_kernel
+from agent.predict.cloud import CloudSettings
+from agent.predict.confidence import Calibration
+from agent.predict.predictor import COST_MODEL_FILE, STUDENT_FILE, Predictor
+from agent.tuner import Budget, TuneOptions, tune
+from tests.cloud_server import Servers
+from tests.conftest import ROOT, run_cli
+
+MODELS = ROOT / "models"
+QUICK = MeasureSettings(min_runs=3, max_runs=20, budget_s=0.02)
+KERNEL, SHAPE = "layernorm", "R=64,C=256"
+
+
+def _models(folder: Path, *, threshold: float) -> Path:
+    """A model folder with the shipped student and cost model and a calibration of the given threshold."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (STUDENT_FILE, COST_MODEL_FILE):
+        (folder / name).symlink_to(MODELS / name)
+    Calibration(intercept=0.0, coefficients=(0.5, 0.5, 1.0), threshold=threshold, use_cost_model=True).save(
+        folder / "confidence.json")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def unsure_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Never confident: every tuning asks the cloud when one is configured."""
+    return _models(tmp_path_factory.mktemp("unsure"), threshold=1.0)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    started = Servers(MODELS / "edgetune-teacher-q8_0.gguf")
+    yield started
+    started.close()
+
+
+def run_model(store, profile, toolchain, cache_dir, models: Path, **options):
+    problem = parse_shape(find_kernel(KERNEL), SHAPE)
+    options.setdefault("measure", QUICK)
+    return tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=cache_dir,
+                options=TuneOptions(strategy="model", models=models, **options))
+
+
+def test_model_strategy_benchmarks_the_default_and_the_top_predictions(store, profile, toolchain, cache_dir):
+    result = run_model(store, profile, toolchain, cache_dir, MODELS)
+    assert result.winner is not None and result.evaluations == 5
+    runs = [r for r in store.runs(tuning_id=result.tuning_id, limit=100) if r["phase"] == "search"]
+    sources = sorted(r["source"] for r in runs)
+    assert sources == ["default", "local", "local", "local", "local"] or (
+        sources == ["default", "local", "local", "local", "local", "local"])
+    ranks = sorted(r["predicted_rank"] for r in runs if r["source"] == "local")
+    assert ranks == list(range(len(ranks)))  # the best predictions, in order, none skipped
+    tuning = store.tunings(limit=1)[0]
+    assert tuning["predict_s"] > 0 and tuning["compile_s"] > 0 and tuning["benchmark_s"] > 0
+    assert tuning["winner_source"] in ("default", "local")
+    assert result.winner_predicted_rank == tuning["winner_predicted_rank"]
+    assert result.timings["predict_s"] == pytest.approx(tuning["predict_s"])
+
+
+def test_budget_left_over_refines_around_the_winner(store, profile, toolchain, cache_dir):
+    result = run_model(store, profile, toolchain, cache_dir, MODELS, budget=Budget(evaluations=10))
+    assert result.evaluations == 10
+    sources = {r["source"] for r in store.runs(tuning_id=result.tuning_id, limit=100)}
+    assert "refine" in sources or "local" in sources
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_an_unusable_model_falls_back_to_local_search_with_a_warning(tmp_path, store, profile, toolchain, cache_dir,
+                                                                    damage):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    if damage == "truncated":
+        data = (MODELS / STUDENT_FILE).read_bytes()
+        (folder / STUDENT_FILE).write_bytes(data[: len(data) // 3])
+    result = run_model(store, profile, toolchain, cache_dir, folder, budget=Budget(evaluations=6))
+    assert result.winner is not None and result.evaluations == 6
+    assert any("tuned with local search instead" in n and STUDENT_FILE in n for n in result.notes)
+    assert store.tunings(limit=1)[0]["note"] == "; ".join(result.notes)
+
+
+def test_the_cli_prints_the_fallback_warning_and_exits_zero(tmp_path, cli_env):
+    env = {**cli_env, "EDGETUNE_MODELS": str(tmp_path / "nowhere")}
+    result = run_cli("tune", KERNEL, "--shape", SHAPE, "--budget", "4", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "local search" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["down", "hang", "error500", "outside", "garbage", "wrong-shape"])
+def test_a_failing_cloud_costs_at_most_its_timeout(store, profile, toolchain, cache_dir, unsure_models, servers,
+                                                   mode, tmp_path):
+    if mode == "down":
+        url = "http://127.0.0.1:9"  # the discard port: nothing listens
+    else:
+        url = servers.shared(mode)
+    settings = CloudSettings(url=url, timeout_s=1.5)
+    started = time.monotonic()
+    result = run_model(store, profile, toolchain, cache_dir, unsure_models, cloud=settings, state_dir=tmp_path)
+    assert result.winner is not None and result.evaluations == 5
+    assert result.timings["cloud_s"] <= 1.5 + 0.3
+    assert result.cloud is not None and result.cloud.startswith("failed:")
+    assert {r["source"] for r in store.runs(tuning_id=result.tuning_id, limit=50)} <= {"default", "local"}
+    assert time.monotonic() - started < 60
+
+
+def test_a_working_cloud_is_asked_only_when_unsure_and_merged(store, profile, toolchain, cache_dir, unsure_models,
+                                                              servers, tmp_path):
+    settings = CloudSettings(url=servers.shared("ok"), timeout_s=5.0)
+    result = run_model(store, profile, toolchain, cache_dir, unsure_models, cloud=settings, state_dir=tmp_path)
+    assert result.cloud is not None and result.cloud.startswith("answered"), result.cloud
+    assert result.timings["cloud_s"] > 0
+    confident = _models(tmp_path / "sure", threshold=0.0)
+    before = servers.stats_of(settings.url)
+    sure = run_model(store, profile, toolchain, cache_dir, confident, cloud=settings, state_dir=tmp_path)
+    assert sure.cloud is None and sure.timings["cloud_s"] == 0.0
+    assert servers.stats_of(settings.url) == before  # a confident prediction never reaches the service
+
+
+def test_best_config_says_where_its_answer_comes_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    db = tmp_path / "state" / "edgetune.db"
+    predicted = agent.best_config(KERNEL, SHAPE, db=db)
+    assert predicted.source == "model" and "no store" in predicted.reason
+    assert not db.exists()  # asking never creates a store
+    # A broken model folder: the kernel's default, with the reason.
+    broken = agent.best_config(KERNEL, SHAPE, db=db, models=tmp_path / "nowhere")
+    assert broken.source == "default" and "no such model file" in broken.reason
+    assert broken.config == find_kernel(KERNEL).default_config()
+    result = agent.tune(KERNEL, SHAPE, db=db, budget=4)
+    stored = agent.best_config(KERNEL, SHAPE, db=db)
+    assert stored.source == "stored" and stored.config == result.winner.config
+    assert stored.tuning_id == result.tuning_id
+
+
+def test_the_predictor_ranks_only_valid_configurations(profile):
+    problem = parse_shape(find_kernel("gemm"), "M=64,N=64,K=64")
+    from agent.hardware.targets import target_vector_bits
+    from agent.kernels.space import Space
+
+    space = Space.build(problem, max_threads=profile.logical_cores, vector_bits=target_vector_bits("x86-64",
+                                                                                                     profile))
+    with Predictor(MODELS) as predictor:
+        prediction = predictor.predict(space, profile.to_dict())
+    assert len(prediction.candidates) == 32
+    assert all(space.is_valid(c.config) for c in prediction.candidates)
+    assert all(c.config["VEC"] * 32 <= 128 for c in prediction.candidates)  # x86-64 has 128-bit vectors
+    assert 0.0 <= (prediction.confidence or 0.0) <= 1.0
+    assert json.dumps(prediction.to_dict())  # what --json prints
+
+
+def test_a_models_folder_without_cost_model_or_calibration_still_predicts(tmp_path, profile):
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    shutil.copyfile(MODELS / STUDENT_FILE, folder / STUDENT_FILE)
+    (folder / "confidence.json").write_text("{not json", encoding="utf-8")
+    problem = parse_shape(find_kernel(KERNEL), SHAPE)
+    from agent.kernels.space import Space
+
+    with Predictor(folder) as predictor:
+        prediction = predictor.predict(Space.build(problem), profile.to_dict())
+    assert prediction.confidence is None and not prediction.confident and not prediction.cost_model_used
+    assert any("calibration" in w for w in predictor.warnings)
+    assert any(COST_MODEL_FILE in w for w in predictor.warnings)
