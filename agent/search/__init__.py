@@ -25,9 +25,11 @@ SearchFunction = Callable[["Evaluator", "Space", "random.Random"], None]
 
 # name -> module under agent.search; imported only when asked for.
 STRATEGIES = {
+    "model": "model_guided",
     "exhaustive": "exhaustive",
     "random": "random_search",
     "local": "local_search",
+    "opentuner": "opentuner_search",
 }
 
 
