@@ -131,22 +131,27 @@ def test_prompt_cache_survives_only_what_keeps_it(gemm: Query) -> None:
 
         model._decode = counted  # type: ignore[method-assign]
 
-        def run(prompt_decoded: bool) -> None:
+        def run(prompt_decoded: int) -> None:
+            """Beam again; ``prompt_decoded``: how many of the prompt's tokens it must decode."""
             batches.clear()
             index, logp = model.beam(prompt, rows, allowed, width=8)
-            assert (batches[0] == len(prompt)) is prompt_decoded, batches
+            assert len(batches) == rows.shape[1] - 1 + bool(prompt_decoded), batches
+            if prompt_decoded:
+                assert batches[0] == prompt_decoded, batches
             assert max(batches[1:]) <= 8
             np.testing.assert_array_equal(index, first[0])
             np.testing.assert_allclose(logp, first[1], rtol=1e-6, atol=1e-6)
 
         first = model.beam(prompt, rows, allowed, width=8)
-        run(prompt_decoded=False)  # same prompt: only the beams' tokens are decoded
+        run(prompt_decoded=0)  # same prompt: only the beams' tokens are decoded
         model.logits([*prompt, int(rows[0, 0])])  # clears the cache
-        run(prompt_decoded=True)
-        model.score(other_prompt, other_rows, other_allowed)  # another prompt
-        run(prompt_decoded=True)
+        run(prompt_decoded=len(prompt))
+        shared = next(i for i, (a, b) in enumerate(zip(prompt, other_prompt, strict=False)) if a != b)
+        assert 0 < shared < len(prompt)  # the same device: the hardware part is common
+        model.score(other_prompt, other_rows, other_allowed)  # another kernel's prompt
+        run(prompt_decoded=len(prompt) - shared)  # only what differs from it is decoded
         np.testing.assert_allclose(model.score(prompt, rows[:50], allowed), reference, rtol=1e-6, atol=1e-6)
-        run(prompt_decoded=False)  # score kept the prompt and its own tokens are cut away
+        run(prompt_decoded=0)  # score kept the prompt and its own tokens are cut away
 
 
 def test_width_must_fit_and_closed_model_raises(gemm: Query) -> None:

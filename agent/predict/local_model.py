@@ -380,16 +380,24 @@ class LocalModel:
     def _prefill(self, prompt_ids: list[int]) -> np.ndarray:
         """Put the prompt, alone, in every sequence; its last position's final hidden state [1, dim].
 
-        The last prompt stays in the cache: the same prompt again only cuts what followed it.
+        The last prompt stays in the cache: the same prompt again only cuts what followed it, and
+        one sharing a prefix with it (the same device and kernel at another shape) decodes only the rest.
         """
         p = len(prompt_ids)
         lc, mem = self._lc, self._memory
         if self._prompt == tuple(prompt_ids) and lc.llama_memory_seq_rm(mem, -1, p, -1):
             return self._prompt_hidden
+        shared = 0
+        if self._prompt is not None:
+            limit = min(len(self._prompt), p - 1)  # at least the last token is decoded: its hidden state is needed
+            while shared < limit and self._prompt[shared] == prompt_ids[shared]:
+                shared += 1
         self._prompt = None
-        lc.llama_memory_clear(mem, True)
-        self._decode(prompt_ids, range(p), [tuple(range(self._seqs))] * p)
-        self._prompt, self._prompt_hidden = tuple(prompt_ids), self._hidden(p)[p - 1:].copy()
+        if not (shared and lc.llama_memory_seq_rm(mem, -1, shared, -1)):
+            shared = 0
+            lc.llama_memory_clear(mem, True)
+        self._decode(prompt_ids[shared:], range(shared, p), [tuple(range(self._seqs))] * (p - shared))
+        self._prompt, self._prompt_hidden = tuple(prompt_ids), self._hidden(p - shared)[-1:].copy()
         return self._prompt_hidden
 
     def _fork(self, live: Sequence[int], parents: Sequence[int], start: int) -> list[int]:
