@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import struct
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ import numpy as np
 
 from agent.predict.beam import beam_search, log_softmax
 from agent.predict.errors import ModelFileError
+from agent.predict.gguf_file import read_gguf
 from agent.predict.vocab import VOCAB_VERSION, vocabulary
 
 __all__ = ["LocalModel", "captured_stderr", "quiet_llama_logs", "read_model_file", "tensor_shapes"]
@@ -93,9 +95,7 @@ def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """:func:`read_model_file`'s metadata and the file's tensors (``gguf.ReaderTensor`` by name, memory-mapped)."""
-    import gguf
-
+    """:func:`read_model_file`'s metadata and the file's tensors (:class:`GGUFTensor` by name, memory-mapped)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
@@ -105,10 +105,9 @@ def _read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict
     if magic != b"GGUF":
         raise ModelFileError(f"{path}: not a GGUF file (starts with {magic!r})")
     try:
-        reader = gguf.GGUFReader(path)
-        meta = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-        tensors = {t.name: t for t in reader.tensors}
-    except (ValueError, IndexError, KeyError, TypeError, OSError, UnicodeDecodeError) as exc:
+        parsed = read_gguf(path)
+        meta, tensors = parsed.metadata, parsed.tensors
+    except (ValueError, IndexError, KeyError, TypeError, OSError, UnicodeDecodeError, struct.error) as exc:
         raise ModelFileError(f"{path}: truncated or corrupt GGUF ({type(exc).__name__}: {exc})") from exc
     if meta.get("general.architecture") != "llama":
         raise ModelFileError(f"{path}: architecture is {meta.get('general.architecture')!r}, expected 'llama'")
