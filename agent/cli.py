@@ -720,6 +720,17 @@ def _print_tune_result(result: Any) -> None:
                       f"-> speed-up [bold]{result.speedup:.2f}x[/]")
     if result.tie:
         console.print("[yellow]the runner-up is within 2% of the winner: treat them as tied[/]")
+    if result.winner_source is not None:
+        rank = f" (predicted #{result.winner_predicted_rank + 1})" if result.winner_predicted_rank is not None else ""
+        console.print(f"winner from: {result.winner_source}{rank}")
+    if result.strategy == "model":
+        confidence = "unknown (no calibration)" if result.confidence is None else f"{result.confidence:.2f}"
+        console.print(f"confidence: {confidence}; cloud: {result.cloud or 'not asked'}")
+    if result.timings:
+        split = ", ".join(f"{name.removesuffix('_s')} {seconds:.2f} s" for name, seconds in result.timings.items()
+                          if seconds)
+        if split:
+            console.print(f"[dim]time: {split}[/]")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

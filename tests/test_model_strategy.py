@@ -105,6 +105,17 @@ def test_the_cli_prints_the_fallback_warning_and_exits_zero(tmp_path, cli_env):
     assert "Traceback" not in result.stderr
 
 
+def test_the_cli_tunes_with_the_model_by_default_and_says_where_the_winner_came_from(cli_env):
+    result = run_cli("tune", KERNEL, "--shape", SHAPE, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "strategy model, budget 5" in result.stdout
+    assert "winner from: " in result.stdout and "time: predict" in result.stdout
+    data = json.loads(run_cli("runs", "--json", env=cli_env).stdout)
+    searched = [r for r in data if r["phase"] == "search"]
+    assert len(searched) == 5 and {r["source"] for r in searched} == {"default", "local"}
+    assert sorted(r["predicted_rank"] for r in searched if r["source"] == "local") == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("mode", ["down", "hang", "error500", "outside", "garbage", "wrong-shape"])
 def test_a_failing_cloud_costs_at_most_its_timeout(store, profile, toolchain, cache_dir, unsure_models, servers,
                                                    mode, tmp_path):
