@@ -29,8 +29,26 @@ def test_migrations_are_recorded_and_reopening_keeps_data(db_path: Path):
     with Store.open(db_path) as store:
         assert store.count("runs") == 1
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
-        assert applied == ["m001_initial", "m002_cores_and_imports"]
+        assert applied == ["m001_initial", "m002_cores_and_imports", "m003_prediction"]
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_store_from_before_the_model_strategy_upgrades_and_keeps_its_runs(db_path: Path):
+    with Store.open(db_path) as store:
+        store.add_run(run(start(store)))
+        # Make it the store an edgetune without m003 wrote.
+        added = {"runs": ("source", "predicted_rank"),
+                 "tunings": ("predict_s", "cloud_s", "compile_s", "benchmark_s", "confidence", "cloud",
+                             "winner_source", "winner_predicted_rank", "note")}
+        for table, columns in added.items():
+            for column in columns:
+                store.db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm003_prediction'")
+        store.db.conn.commit()
+    with Store.open(db_path) as store:
+        rows = list(store.db["runs"].rows)
+        assert len(rows) == 1 and rows[0]["source"] is None and rows[0]["predicted_rank"] is None
+        assert {"predict_s", "confidence", "winner_source", "note"} <= set(store.db["tunings"].columns_dict)
 
 
 def test_finish_records_the_winner_as_best_and_replaces_older_bests(store: Store):
