@@ -108,6 +108,12 @@ def card_text(metrics: dict[str, Any], report: dict[str, Any] | None) -> str:
                       + " of those had a best-of-5 within 5% of the optimum "
                       f"(target {confidence['target_precision']:.0%}). Below it, the agent asks the fleet's "
                       "ranking service when one is configured."]
+            if confidence.get("brier") is not None:
+                base = overall["good_share"]
+                lines[-1] += (f" How well it separates cases: Brier score {confidence['brier']:.3f}, against "
+                              f"{base * (1 - base):.3f} for always predicting the base rate {base:.2f}"
+                              + (" (no better: it finds a few sure cases, and says little about the rest)."
+                                 if confidence["brier"] >= base * (1 - base) else "."))
         lines += ["", "The full tables, per-case results and the plot are in `eval/`.", ""]
     lines += [
         "## Limits", "",
