@@ -184,6 +184,7 @@ class Evaluator:
         self.labels: dict[str, tuple[str, int | None]] = {}  # config key -> (source, predicted rank)
         self.details: dict[str, Any] = {}  # the strategy's record: confidence, cloud outcome
         self.notes: list[str] = []
+        self.final_batch: frozenset[str] = frozenset()  # keys measured together with the final protocol
 
     def label(self, config: Mapping[str, Any], source: str, rank: int | None = None) -> None:
         """Say where a configuration came from before evaluating it (the first label wins)."""
@@ -221,8 +222,13 @@ class Evaluator:
         valid = [r for r in self.results.values() if r.median_s is not None and r.status == "correct"]
         return sorted(valid, key=lambda r: r.median_s or 0.0)
 
-    def evaluate(self, configs: Sequence[Mapping[str, Any]]) -> list[CandidateResult]:
-        """Evaluate configurations not seen yet (within budget); returns results for all known ones."""
+    def evaluate(self, configs: Sequence[Mapping[str, Any]], *, final: bool = False) -> list[CandidateResult]:
+        """Evaluate configurations not seen yet (within budget); returns results for all known ones.
+
+        ``final``: time them with the final protocol (at least 10 rounds, twice the budget, no
+        pruning). A strategy whose whole budget is this one batch uses it: when the finalists
+        were all measured in it, side by side, ``tune`` does not measure them again.
+        """
         fresh: list[Config] = []
         for config in configs:
             full = self.space.check(config)
@@ -238,11 +244,16 @@ class Evaluator:
             fresh.append(full)
         if fresh:
             self.evaluations += len(fresh)
-            self._evaluate_fresh(fresh)
+            self._evaluate_fresh(fresh, final=final)
         return [self.results[k] for k in (config_key(self.space.check(c)) for c in configs)
                 if k in self.results]
 
-    def _evaluate_fresh(self, configs: list[Config]) -> None:
+    def _final_settings(self) -> MeasureSettings:
+        measure = self.options.measure
+        return replace(measure, min_runs=max(10, measure.min_runs), budget_s=measure.budget_s * 2,
+                       prune_ratio=float("inf"))
+
+    def _evaluate_fresh(self, configs: list[Config], *, final: bool = False) -> None:
         started = time.perf_counter()
         builds = compile_many(self.problem.spec, configs, self.toolchain, self.cache_dir,
                               jobs=self.options.jobs)
@@ -261,7 +272,10 @@ class Evaluator:
                 self._record(CandidateResult(config, exc.status, exc.reason, compile_s=build.seconds))
                 continue
             verified[key] = (config, build.seconds)
-        measured = measure_interleaved(self.session, list(verified), self.options.measure, self.rng)
+        settings = self._final_settings() if final else self.options.measure
+        measured = measure_interleaved(self.session, list(verified), settings, self.rng)
+        if final:
+            self.final_batch = frozenset(verified)
         for key, (config, compile_s) in verified.items():
             self._record(_from_measurement(config, measured[key], compile_s))
             self.session.forget(key)
@@ -280,9 +294,7 @@ class Evaluator:
             except CandidateFailed:
                 continue
             ids[result.key] = result
-        settings = replace(self.options.measure, min_runs=max(10, self.options.measure.min_runs),
-                           budget_s=self.options.measure.budget_s * 2, prune_ratio=float("inf"))
-        measured = measure_interleaved(self.session, list(ids), settings, self.rng)
+        measured = measure_interleaved(self.session, list(ids), self._final_settings(), self.rng)
         final = []
         for key, result in ids.items():
             candidate = _from_measurement(result.config, measured[key], result.compile_s)
@@ -353,6 +365,7 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
     try:
         with WorkerSession(spec.spec_path, problem.shape, seed=options.seed,
                            flush_bytes=flush_bytes, timeout_s=options.timeout_s) as session:
+            session.start()  # its start-up overlaps the strategy's first steps (predicting, compiling)
             evaluator = Evaluator(space=space, toolchain=toolchain, session=session, store=store,
                                   tuning_id=tuning_id, device=device, strategy=strategy,
                                   options=options, cache_dir=cache_dir / "build", on_result=on_result,
@@ -372,7 +385,10 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
             if default_result is not None and default_result.status == "correct" and \
                     default_result.key not in {f.key for f in finalists}:
                 finalists.append(default_result)
-            final = evaluator.measure_finalists(finalists) if finalists else []
+            if finalists and {f.key for f in finalists} <= evaluator.final_batch:
+                final = finalists  # already measured side by side with the final protocol
+            else:
+                final = evaluator.measure_finalists(finalists) if finalists else []
     except BaseException:
         store.fail_tuning(tuning_id, "interrupted")
         raise

@@ -60,6 +60,7 @@ class WorkerSession:
         self.cpus = tuple(cpus) if cpus else None  # pin the worker: emulate a device with fewer cores
         self.libraries: dict[str, str] = {}  # candidate id -> library path, reloaded on respawn
         self._process: _Process | None = None
+        self._spawned: _Process | None = None  # started early by start(), not set up yet
         self.restarts = 0
 
     def __enter__(self) -> WorkerSession:
@@ -103,10 +104,17 @@ class WorkerSession:
         """Stop re-loading a candidate after a respawn (it failed or is done)."""
         self.libraries.pop(candidate, None)
 
+    def start(self) -> None:
+        """Start the worker process now, so its interpreter and NumPy load while the caller does
+        other work (predicting, compiling); it is set up on the first request."""
+        if self._process is None and self._spawned is None:
+            self._spawned = self._spawn()
+
     def close(self) -> None:
-        if self._process is not None:
-            self._kill(self._process)
-            self._process = None
+        for process in (self._process, self._spawned):
+            if process is not None:
+                self._kill(process)
+        self._process = self._spawned = None
 
     # -- process management -----------------------------------------------------------------
 
@@ -122,7 +130,7 @@ class WorkerSession:
             raise CandidateFailed(died.status, died.reason) from None
 
     def _start(self) -> None:
-        process = self._spawn()
+        process, self._spawned = self._spawned or self._spawn(), None
         try:
             reply = self._exchange(process, self.setup_request, SETUP_TIMEOUT_S)
             if not reply.get("ok"):

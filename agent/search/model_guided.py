@@ -78,7 +78,11 @@ def search(evaluator: Evaluator, space: Space, rng: random.Random) -> None:
     default = space.default()
     first = [default] if space.is_valid(default) else []
     first += [config for config, _ in ranked[: options.top_k]]
-    evaluator.evaluate(first)
+    budget = options.budget
+    # When these are the whole budget, time them once with the final protocol: tune() then has
+    # nothing left to re-measure (they were compared side by side already).
+    whole_budget = budget.seconds is None and budget.evaluations is not None and budget.evaluations <= len(first)
+    evaluator.evaluate(first, final=whole_budget)
     _refine(evaluator, predictor, space, profile, [config for config, _ in ranked])
 
 
