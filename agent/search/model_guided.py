@@ -5,7 +5,8 @@
    the service ranks them too; its answer is merged with the local ranking. A service that
    is down, slow or wrong costs at most its timeout and changes nothing.
 3. The default and the best predictions go to the evaluator as one batch: they compile in
-   parallel, then are timed interleaved with nothing else running.
+   parallel, then are timed interleaved with nothing else running; when they are the whole
+   budget, with the final protocol, so ``tune`` need not re-measure them.
 4. Budget left over refines: the best configuration's untried neighbours, most probable
    first, until the budget ends or no neighbour is faster.
 
