@@ -11,11 +11,15 @@ Tables (status values follow the T4 tuning-results vocabulary):
 - ``tunings``  one ``edgetune tune`` session: strategy, budget, winner, speed-up
 - ``runs``     one measured (or rejected) candidate: config, status, reason, samples, median
 - ``best``     per (device, kernel key, shape, target): the current best configuration
+- ``outbox``   telemetry records (runs, finished tunings) waiting for ``edgetune upload``
+- ``dead_letter`` records the fleet refused, with its reason (kept, never resent)
+- ``store_info`` this store's random id (part of every telemetry record key)
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -98,6 +102,21 @@ def m003_prediction(db: sqlite_utils.Database) -> None:
         db["tunings"].add_column(name, kind)
 
 
+@migrations()
+def m004_outbox(db: sqlite_utils.Database) -> None:
+    # Telemetry for the fleet: a run or a finished tuning enters the outbox in the transaction that
+    # stores it; ``edgetune upload`` removes a batch only after the fleet acknowledged it.
+    # Existing runs are not backfilled. ``store_info.store_id`` keeps record keys unique when a
+    # device's store is deleted and created again (local ids restart).
+    db["store_info"].create({"name": str, "value": str}, pk="name")
+    db["store_info"].insert({"name": "store_id", "value": secrets.token_hex(8)})
+    db["outbox"].create({"id": int, "key": str, "kind": str, "device": str, "payload": str, "created_at": str},
+                        pk="id", not_null={"key", "kind", "payload"})
+    db["outbox"].create_index(["key"], unique=True)
+    db["dead_letter"].create({"id": int, "key": str, "kind": str, "payload": str, "reason": str,
+                              "failed_at": str}, pk="id")
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -147,6 +166,27 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
         "samples": json.dumps(list(run.samples)), "compile_s": run.compile_s,
         "source": run.source, "predicted_rank": run.predicted_rank, "created_at": run.created_at,
     }
+
+
+def _run_telemetry(run: RunRecord) -> dict[str, Any]:
+    """A run as the fleet's telemetry protocol carries it (``agent.fleet.protocol.RUN_FIELDS``)."""
+    return {"kernel": run.kernel, "kernel_key": run.kernel_key, "shape": run.shape, "target": run.target,
+            "compiler": run.compiler, "strategy": run.strategy, "phase": run.phase, "config": dict(run.config),
+            "status": run.status, "reason": run.reason, "median_s": run.median_s, "samples": list(run.samples),
+            "compile_s": run.compile_s, "source": run.source, "predicted_rank": run.predicted_rank,
+            "tuning_id": run.tuning_id}
+
+
+_TUNING_TELEMETRY = ("kernel", "shape", "target", "strategy", "budget", "evaluations", "wall_s", "winner_median_s",
+                     "speedup", "predict_s", "cloud_s", "compile_s", "benchmark_s", "confidence", "cloud",
+                     "winner_source", "winner_predicted_rank")
+
+
+def _tuning_telemetry(tuning: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished tuning's summary as the telemetry protocol carries it."""
+    data = {name: tuning[name] for name in _TUNING_TELEMETRY}
+    data["winner_config"] = json.loads(tuning["winner_config"]) if tuning["winner_config"] else None
+    return data
 
 
 def _export_filters(tuning_id: int | None, kernels: Sequence[str], origin: str | None, strategy: str | None,
@@ -284,7 +324,9 @@ class Store:
         with self._write() as db:
             table = db["runs"]
             table.insert(_run_row(run))
-            return int(table.last_pk)
+            run_id = int(table.last_pk)
+            self._enqueue(db, "run", run_id, run.device, run.created_at, _run_telemetry(run))
+            return run_id
 
     def add_runs(self, runs: list[RunRecord]) -> int:
         """Store many outcomes in one transaction (imports): all of them or none."""
@@ -316,9 +358,11 @@ class Store:
                 "winner_median_s": winner_median_s, "default_median_s": default_median_s,
                 "speedup": speedup, "tie": int(tie), **(details or {}),
             })
+            tuning = db["tunings"].get(tuning_id)
+            if (tuning["origin"] or "measured") == "measured":  # imports are other machines' data
+                self._enqueue(db, "tuning", tuning_id, tuning["device"], now, _tuning_telemetry(tuning))
             if winner_config is None or winner_run is None or not update_best:
                 return
-            tuning = db["tunings"].get(tuning_id)
             db["best"].upsert({
                 "device": tuning["device"], "kernel_key": tuning["kernel_key"],
                 "shape": tuning["shape"], "target": tuning["target"], "kernel": tuning["kernel"],
@@ -332,6 +376,42 @@ class Store:
         """Mark a session that ended without a result (``failed`` or ``interrupted``)."""
         with self._write() as db:
             db["tunings"].update(tuning_id, {"state": state, "finished_at": utc_now()})
+
+    def _enqueue(self, db: sqlite_utils.Database, kind: str, local_id: int, device: str, created_at: str,
+                 data: Mapping[str, Any]) -> None:
+        """Put one telemetry record into the outbox (inside the caller's transaction)."""
+        store_id = db["store_info"].get("store_id")["value"]
+        key = f"{kind}:{device}:{store_id}:{local_id}"
+        record = {"key": key, "kind": kind, "created_at": created_at, "data": dict(data)}
+        db["outbox"].insert({"key": key, "kind": kind, "device": device, "created_at": created_at,
+                             "payload": json.dumps(record, sort_keys=True)}, replace=True)
+
+    def outbox_batch(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest outbox records of one device (the device of the oldest record), at most ``limit``."""
+        first = next(self.db.query("select device from outbox order by id limit 1"), None)
+        if first is None:
+            return []
+        rows = self.db.query("select id, key, kind, device, payload from outbox where device is ? order by id limit ?",
+                             [first["device"], limit])
+        return [{**row, "payload": json.loads(row["payload"])} for row in rows]
+
+    def ack_outbox(self, keys: Sequence[str], rejected: Mapping[str, str]) -> None:
+        """Remove acknowledged records from the outbox; ``rejected`` ones (key -> reason) go to dead_letter."""
+        now = utc_now()
+        with self._write() as db:
+            for key in keys:
+                row = next(db["outbox"].rows_where("key = ?", [key]), None)
+                if row is None:
+                    continue
+                if key in rejected:
+                    db["dead_letter"].insert({"key": key, "kind": row["kind"], "payload": row["payload"],
+                                              "reason": rejected[key], "failed_at": now})
+                db.execute("delete from outbox where key = ?", [key])
+
+    def device_profile(self, fingerprint: str) -> dict[str, Any]:
+        """The stored hardware profile of a device ({} when unknown)."""
+        row = next(self.db["devices"].rows_where("fingerprint = ?", [fingerprint]), None)
+        return json.loads(row["profile"]) if row and row["profile"] else {}
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ def test_migrations_are_recorded_and_reopening_keeps_data(db_path: Path):
     with Store.open(db_path) as store:
         assert store.count("runs") == 1
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
-        assert applied == ["m001_initial", "m002_cores_and_imports", "m003_prediction"]
+        assert applied == ["m001_initial", "m002_cores_and_imports", "m003_prediction",
+                           "m004_outbox"]
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -95,3 +96,42 @@ def test_store_is_a_plain_sqlite_file_other_tools_can_read(db_path: Path):
         start(store)
     conn = sqlite3.connect(db_path)
     assert conn.execute("select count(*) from tunings").fetchone()[0] == 1
+
+
+def test_a_run_and_a_finished_tuning_enter_the_outbox_in_their_own_transaction(store: Store):
+    tuning = start(store)
+    with pytest.raises(StoreError):
+        store.add_run(run(tuning + 999))  # the run is refused: no telemetry record either
+    assert store.count("outbox") == 0
+    run_id = store.add_run(run(tuning))
+    store.finish_tuning(tuning, evaluations=1, wall_s=0.5, winner_run=run_id, winner_config={"A": 1},
+                        winner_median_s=2.0, default_median_s=2.0, speedup=1.0, tie=False,
+                        details={"cloud": "not configured"})
+    batch = store.outbox_batch(10)
+    assert [row["kind"] for row in batch] == ["run", "tuning"]
+    assert batch[0]["key"].startswith("run:dev:") and batch[0]["key"].endswith(f":{run_id}")
+    assert batch[0]["payload"]["data"]["config"] == {"A": 1} and batch[1]["payload"]["data"]["wall_s"] == 0.5
+
+
+def test_imported_tunings_stay_out_of_the_outbox(store: Store):
+    store.upsert_device("dev", {"name": "test"})
+    store.upsert_kernel("k-1", "k", "hash", {"params": []}, "tests")
+    tuning = store.start_tuning(device="dev", kernel_key="k-1", kernel="k", shape="N=1", target="native",
+                                compiler="cc 12", strategy="import", budget="0", seed=0, origin="t4:file.json")
+    store.add_runs([run(tuning)])
+    store.finish_tuning(tuning, evaluations=1, wall_s=0.0, winner_run=None, winner_config=None,
+                        winner_median_s=None, default_median_s=None, speedup=None, tie=False)
+    assert store.count("outbox") == 0
+
+
+def test_a_store_from_before_the_outbox_upgrades_and_keeps_its_runs(db_path: Path):
+    with Store.open(db_path) as store:
+        store.add_run(run(start(store)))
+        for table in ("outbox", "dead_letter", "store_info"):
+            store.db[table].drop()
+        store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_outbox'")
+        store.db.conn.commit()
+    with Store.open(db_path) as store:
+        assert store.count("runs") == 1 and store.count("outbox") == 0  # nothing is backfilled
+        store.add_run(run(1))
+        assert store.count("outbox") == 1
