@@ -609,6 +609,82 @@ def eval_(datasets: tuple[Path, ...], out_dir: Path, folds: tuple[str, ...], qui
         click.echo((out_dir / "report.md").read_text(encoding="utf-8"), nl=False)
 
 
+@cli.command()
+@click.option("--batch", "batch_size", default=500, show_default=True, type=click.IntRange(1, 1000),
+              help="Records per request.")
+@json_option
+@click.pass_obj
+def upload(obj: _Context, batch_size: int, as_json: bool) -> None:
+    """Send the store's telemetry outbox (runs, finished tunings) to the fleet service.
+
+    The fleet comes from EDGETUNE_FLEET_URL and EDGETUNE_FLEET_TOKEN, else the [fleet] table
+    (url, token) of EDGETUNE_CONFIG (default /etc/edgetune/config.toml). Safe to interrupt and
+    run again: nothing is lost or sent twice.
+    """
+    from agent.settings import DEFAULT_CONFIG, FleetSettings
+    from agent.upload import upload as upload_outbox
+
+    fleet = FleetSettings.from_environ()
+    if fleet is None:
+        click.echo("no fleet configured (set EDGETUNE_FLEET_URL and EDGETUNE_FLEET_TOKEN, or [fleet] url and "
+                   f"token in {DEFAULT_CONFIG} or the file EDGETUNE_CONFIG names)")
+        return
+    with obj.open_store() as store:
+        result = upload_outbox(store, fleet, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(f"sent {result.sent} records in {result.batches} batches: {result.accepted} accepted, "
+               f"{result.duplicates} already there, {result.dead_lettered} refused (kept in dead_letter); "
+               f"{result.remaining} left")
+
+
+@cli.group()
+def fleet() -> None:
+    """The fleet service: collects telemetry from devices (needs the fleet extra: pip install edgetune[fleet])."""
+
+
+fleet_db_option = click.option("--db", "fleet_db", type=click.Path(dir_okay=False, path_type=Path),
+                               help="The fleet's SQLite file (default: fleet.db next to the device store).")
+
+
+def _fleet_db(settings: Settings, fleet_db: Path | None) -> Path:
+    return fleet_db or settings.db_path.parent / "fleet.db"
+
+
+@fleet.command("serve")
+@fleet_db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8750, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.pass_obj
+def fleet_serve(obj: _Context, fleet_db: Path | None, host: str, port: int) -> None:
+    """Run the fleet service (operator token from EDGETUNE_FLEET_OPERATOR_TOKEN)."""
+    import os
+
+    token = os.environ.get("EDGETUNE_FLEET_OPERATOR_TOKEN", "")
+    if not token:
+        raise ConfigError("set EDGETUNE_FLEET_OPERATOR_TOKEN: the operator token guards the fleet's reads")
+    try:
+        import uvicorn
+
+        from agent.fleet.app import create_app
+    except ImportError as exc:
+        raise ConfigError(f"the fleet service needs its extra: install edgetune[fleet] ({exc})") from None
+    app = create_app(_fleet_db(obj.settings, fleet_db), token)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+@fleet.command("add-device")
+@click.argument("name")
+@fleet_db_option
+@click.pass_obj
+def fleet_add_device(obj: _Context, name: str, fleet_db: Path | None) -> None:
+    """Register device NAME and print its token (shown once; only its hash is kept)."""
+    from agent.fleet.storage import FleetStore
+
+    click.echo(FleetStore(_fleet_db(obj.settings, fleet_db)).add_device(name))
+
+
 def _write_text(output: Path | None, text: str) -> None:
     if output is None:
         click.echo(text, nl=False)

@@ -13,6 +13,7 @@ boundary where they happen, with ``raise XError(msg) from exc``::
     ├── ToolchainError       the C compiler is missing or unusable
     ├── ProbeError           the hardware probe or a profile file failed
     ├── StoreError           the SQLite store cannot be opened or written
+    ├── FleetError           the fleet service or its database refused, or cannot be reached
     └── WorkerError          the benchmark worker could not be started
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "EdgetuneError",
     "ExpressionError",
+    "FleetError",
     "KernelNotFound",
     "ProbeError",
     "ShapeError",
@@ -67,6 +69,10 @@ class ProbeError(EdgetuneError):
 
 class StoreError(EdgetuneError):
     """The SQLite store cannot be opened, migrated or written."""
+
+
+class FleetError(EdgetuneError):
+    """The fleet service or its database refused a request, or cannot be reached."""
 
 
 class WorkerError(EdgetuneError):

@@ -10,16 +10,30 @@
 | ``EDGETUNE_CLOUD_KIND``  | ``fleet`` or ``openai`` (completions)   | ``fleet``                          |
 | ``EDGETUNE_CLOUD_TOKEN`` | bearer token for it (kept out of argv)  | none                               |
 | ``EDGETUNE_CLOUD_MODEL`` | model name for an OpenAI-compatible one | none                               |
+| ``EDGETUNE_FLEET_URL``   | fleet service ``edgetune upload`` sends to | ``[fleet] url`` of the config file |
+| ``EDGETUNE_FLEET_TOKEN`` | this device's fleet token               | ``[fleet] token`` of the config file |
+| ``EDGETUNE_CONFIG``      | the TOML config file                    | ``/etc/edgetune/config.toml``      |
+| ``EDGETUNE_FLEET_OPERATOR_TOKEN`` | the operator token ``fleet serve`` requires | none          |
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings"]
+from agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["DEFAULT_CONFIG", "FleetSettings", "Settings"]
+
+DEFAULT_CONFIG = Path("/etc/edgetune/config.toml")
 
 
 @dataclass(frozen=True)
@@ -49,3 +63,51 @@ class Settings:
             cloud_token=env.get("EDGETUNE_CLOUD_TOKEN") or None,
             cloud_model=env.get("EDGETUNE_CLOUD_MODEL") or None,
         )
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Where ``edgetune upload`` sends telemetry, and this device's token."""
+
+    url: str
+    token: str = field(repr=False)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> FleetSettings | None:
+        """The fleet from ``EDGETUNE_FLEET_URL``/``_TOKEN``, else ``[fleet]`` of the config file; None if neither.
+
+        A config file that is not valid TOML, or a ``[fleet]`` section without both a URL and a
+        token, is a :class:`ConfigError`.
+        """
+        env = os.environ if environ is None else environ
+        url, token = env.get("EDGETUNE_FLEET_URL") or None, env.get("EDGETUNE_FLEET_TOKEN") or None
+        source = "EDGETUNE_FLEET_URL/EDGETUNE_FLEET_TOKEN"
+        if url is None and token is None:
+            path = Path(env.get("EDGETUNE_CONFIG") or DEFAULT_CONFIG)
+            section = _config_section(path, "fleet")
+            if section is None:
+                return None
+            url, token, source = section.get("url"), section.get("token"), f"[fleet] of {path}"
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{source}: the fleet url must be an http:// or https:// URL")
+        if not isinstance(token, str) or not token:
+            raise ConfigError(f"{source}: the fleet token is missing")
+        return cls(url=url.rstrip("/"), token=token)
+
+
+def _config_section(path: Path, name: str) -> Mapping[str, object] | None:
+    """One table of the TOML config file; None when the file or the table does not exist."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
+    section = data.get(name)
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"the config file {path}: [{name}] must be a table")
+    return section

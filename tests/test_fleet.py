@@ -1,0 +1,263 @@
+"""The fleet service as a real child process: telemetry in, auth, bad input, reads."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.fleet.protocol import MAX_BODY_BYTES, MAX_RECORDS
+from tests.conftest import run_cli
+from tests.fleet_server import OPERATOR_TOKEN, FleetServer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetServer]:
+    fleet = FleetServer(tmp_path_factory.mktemp("fleet") / "fleet.db").start()
+    yield fleet
+    fleet.kill()
+
+
+def register(server: FleetServer, name: str | None = None) -> tuple[str, str]:
+    """A new device registered through the CLI: (name, token)."""
+    name = name or f"device-{uuid.uuid4().hex[:8]}"
+    done = run_cli("fleet", "add-device", name, "--db", str(server.db), timeout=60)
+    assert done.returncode == 0, done.stderr
+    return name, done.stdout.strip()
+
+
+def run_record(key: str, **data: Any) -> dict[str, Any]:
+    fields = {"kernel": "gemm", "kernel_key": "gemm-1", "shape": "M=64,N=64,K=64", "target": "native",
+              "compiler": "cc 12", "strategy": "model", "phase": "search", "config": {"BM": 16, "LOOP": "ijk"},
+              "status": "correct", "reason": "", "median_s": 0.001, "samples": [0.001, 0.0011],
+              "compile_s": 0.2, "source": "local", "predicted_rank": 0, "tuning_id": 1}
+    return {"key": key, "kind": "run", "created_at": "2026-01-02T03:04:05.000+00:00", "data": {**fields, **data}}
+
+
+def tuning_record(key: str, **data: Any) -> dict[str, Any]:
+    fields = {"kernel": "gemm", "shape": "M=64,N=64,K=64", "target": "native", "strategy": "model", "budget": "5",
+              "evaluations": 5, "wall_s": 2.0, "winner_config": {"BM": 16}, "winner_median_s": 0.001,
+              "speedup": 1.5, "predict_s": 0.01, "cloud_s": None, "compile_s": 1.0, "benchmark_s": 0.8,
+              "confidence": 0.9, "cloud": "not configured", "winner_source": "local", "winner_predicted_rank": 0}
+    return {"key": key, "kind": "tuning", "created_at": "2026-01-02T03:04:05Z", "data": {**fields, **data}}
+
+
+def post(server: FleetServer, token: str, records: list[Any], *, key: str | None = None,
+         compress: bool = False, body: bytes | None = None) -> httpx.Response:
+    content = body if body is not None else json.dumps(
+        {"fingerprint": "fp-1", "profile": {"cores": 2}, "records": records}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key or uuid.uuid4().hex,
+               "Content-Type": "application/json"}
+    if compress:
+        content = gzip.compress(content)
+        headers["Content-Encoding"] = "gzip"
+    return httpx.post(f"{server.url}/v1/telemetry", content=content, headers=headers, timeout=30)
+
+
+def stored(server: FleetServer, device: str) -> list[dict[str, Any]]:
+    return server.all_records(device=device)
+
+
+def test_a_resent_batch_with_the_same_idempotency_key_gets_the_first_answer_and_stores_nothing(server):
+    name, token = register(server)
+    records = [run_record(f"run:fp-1:{i}") for i in range(3)]
+    first = post(server, token, records, key="batch-0001")
+    assert first.status_code == 200 and first.json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    again = post(server, token, records, key="batch-0001")
+    assert again.status_code == 200 and again.json() == first.json()
+    other_key = post(server, token, records, key="batch-0002")  # same records, new key: duplicates
+    assert other_key.json() == {"accepted": 0, "duplicates": 3, "rejected": []}
+    assert sorted(r["key"] for r in stored(server, name)) == [f"run:fp-1:{i}" for i in range(3)]
+
+
+def test_a_key_reused_with_a_different_batch_is_refused(server):
+    name, token = register(server)
+    assert post(server, token, [run_record("run:a")], key="batch-reused").status_code == 200
+    answer = post(server, token, [run_record("run:b")], key="batch-reused")
+    assert answer.status_code == 422 and "Idempotency-Key" in answer.json()["error"]
+    assert [r["key"] for r in stored(server, name)] == ["run:a"]
+
+
+def test_a_gzip_body_is_stored(server):
+    name, token = register(server)
+    answer = post(server, token, [run_record("run:g1"), tuning_record("tuning:g1")], compress=True)
+    assert answer.status_code == 200 and answer.json()["accepted"] == 2
+    assert {r["kind"] for r in stored(server, name)} == {"run", "tuning"}
+
+
+@pytest.mark.parametrize(("body", "compress", "reason"), [
+    (b"{not json", False, "not JSON"),
+    (b'{"fingerprint": "fp", "profile": {}, "records": [NaN]}', False, "not JSON"),
+    (b'[1, 2]', False, "object"),
+    (b'{"fingerprint": "fp", "profile": {}}', False, "records"),
+    (b'{"fingerprint": 7, "profile": {}, "records": []}', False, "fingerprint"),
+    (b'{"fingerprint": "fp", "profile": [], "records": []}', False, "profile"),
+    (b'\x1f\x8b\x08\x00garbage', False, "gzip"),
+])
+def test_a_malformed_body_is_a_400_with_a_reason_and_nothing_is_stored(server, body, compress, reason):
+    name, token = register(server)
+    headers = {"Content-Encoding": "gzip"} if body.startswith(b"\x1f\x8b") else {}
+    answer = httpx.post(f"{server.url}/v1/telemetry", content=body, timeout=10,
+                        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex,
+                                 "Content-Type": "application/json", **headers})
+    assert answer.status_code == 400 and reason in answer.json()["error"]
+    assert stored(server, name) == []
+
+
+def test_records_with_wrong_fields_are_rejected_one_by_one_and_the_others_are_stored(server):
+    name, token = register(server)
+    bad = [run_record("run:bad-median", median_s="fast"), run_record("run:bad-status", status="exploded"),
+           run_record("run:bad-config", config={"BM": 1.5}), tuning_record("tuning:bad-wall", wall_s=-1),
+           {**run_record("run:bad-kind"), "kind": "benchmark"}, {**run_record("run:bad-time"), "created_at": "x"},
+           run_record("run:bool-rank", predicted_rank=True), "not a record"]
+    good = [run_record("run:good"), tuning_record("tuning:good")]
+    answer = post(server, token, [bad[0], good[0], *bad[1:], good[1]])
+    assert answer.status_code == 200
+    data = answer.json()
+    assert data["accepted"] == 2 and data["duplicates"] == 0
+    reasons = {r["key"]: r["reason"] for r in data["rejected"]}
+    assert len(data["rejected"]) == len(bad)
+    assert "median_s" in reasons["run:bad-median"] and "status" in reasons["run:bad-status"]
+    assert "config" in reasons["run:bad-config"] and "wall_s" in reasons["tuning:bad-wall"]
+    assert reasons[None] == "a record must be an object"
+    assert sorted(r["key"] for r in stored(server, name)) == ["run:good", "tuning:good"]
+
+
+def test_oversize_bodies_are_413_before_and_after_gunzip(server):
+    name, token = register(server)
+    padding = "x" * (MAX_BODY_BYTES + 10)
+    big = json.dumps({"fingerprint": "fp", "profile": {"pad": padding}, "records": []}).encode()
+    assert post(server, token, [], body=big).status_code == 413
+    assert len(gzip.compress(big)) < MAX_BODY_BYTES
+    assert post(server, token, [], body=big, compress=True).status_code == 413  # a gzip bomb, in small
+    too_many = [run_record(f"run:{i}") for i in range(MAX_RECORDS + 1)]
+    answer = post(server, token, too_many)
+    assert answer.status_code == 413 and str(MAX_RECORDS) in answer.json()["error"]
+    assert stored(server, name) == []
+
+
+def test_tokens_are_checked_and_roles_kept_apart(server):
+    _, token = register(server)
+    url = server.url
+    assert httpx.get(f"{url}/v1/telemetry", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/v1/telemetry", headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    assert post(server, "not-a-device-token", [run_record("run:x")]).status_code == 401
+    device = {"Authorization": f"Bearer {token}"}
+    for path in ("/v1/telemetry", "/v1/devices"):
+        answer = httpx.get(f"{url}{path}", headers=device, timeout=10)
+        assert answer.status_code == 403 and "operator" in answer.json()["error"]
+    assert post(server, OPERATOR_TOKEN, [run_record("run:x")]).status_code == 403
+    missing_key = httpx.post(f"{url}/v1/telemetry", content=b"{}", timeout=10,
+                             headers={**device, "Content-Type": "application/json"})
+    assert missing_key.status_code == 400 and "Idempotency-Key" in missing_key.json()["error"]
+
+
+def test_reads_page_with_a_cursor_and_filter_by_device_and_kernel(server):
+    name, token = register(server)
+    other, other_token = register(server)
+    post(server, token, [run_record(f"run:{i}") for i in range(5)] + [run_record("run:conv", kernel="conv2d")])
+    post(server, other_token, [run_record("run:0")])
+    with server.operator() as client:
+        first = client.get("/v1/telemetry", params={"device": name, "limit": 4}).json()
+        assert len(first["records"]) == 4 and first["next"] == first["records"][-1]["cursor"]
+        rest = client.get("/v1/telemetry", params={"device": name, "since": first["next"], "limit": 4}).json()
+        assert len(rest["records"]) == 2 and rest["next"] is None
+        keys = [r["key"] for r in first["records"] + rest["records"]]
+        assert keys == [*(f"run:{i}" for i in range(5)), "run:conv"]
+        conv = client.get("/v1/telemetry", params={"device": name, "kernel": "conv2d"}).json()["records"]
+        assert [r["key"] for r in conv] == ["run:conv"] and conv[0]["data"]["kernel"] == "conv2d"
+        for bad in ({"limit": 0}, {"limit": 1001}, {"since": "abc"}):
+            answer = client.get("/v1/telemetry", params=bad)
+            assert answer.status_code == 400 and answer.json()["error"]
+    assert [r["device"] for r in stored(server, other)] == [other]
+
+
+def test_devices_summarise_their_tunings(server):
+    name, token = register(server)
+    post(server, token, [tuning_record("t:1", wall_s=1.0), tuning_record("t:2", wall_s=3.0, cloud="ok"),
+                         tuning_record("t:3", kernel="conv2d", wall_s=5.0, cloud=None), run_record("r:1")])
+    with server.operator() as client:
+        devices = {d["name"]: d for d in client.get("/v1/devices").json()["devices"]}
+    device = devices[name]
+    assert device["fingerprint"] == "fp-1" and device["profile"] == {"cores": 2}
+    assert device["kernels_tuned"] == 2 and device["tunings"] == 3
+    assert device["median_tuning_wall_s"] == 3.0 and device["cloud_share"] == pytest.approx(1 / 3)
+    assert device["first_seen"] and device["last_seen"]
+
+
+def test_health_and_the_openapi_document_are_served(server):
+    assert httpx.get(f"{server.url}/v1/health", timeout=10).json() == {"status": "ok"}
+    paths = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    assert {"/v1/telemetry", "/v1/devices", "/v1/health"} <= set(paths)
+
+
+def test_add_device_twice_and_serve_without_an_operator_token_are_one_line_errors(server, tmp_path: Path):
+    name, _ = register(server)
+    again = run_cli("fleet", "add-device", name, "--db", str(server.db), timeout=60)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "already registered" in again.stderr
+    no_token = run_cli("fleet", "serve", "--db", str(tmp_path / "f.db"), "--port", "1",
+                       env={"EDGETUNE_FLEET_OPERATOR_TOKEN": ""}, timeout=60)
+    assert no_token.returncode == 1 and "EDGETUNE_FLEET_OPERATOR_TOKEN" in no_token.stderr
+    assert "Traceback" not in no_token.stderr
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    | st.sampled_from(["\ud800", "a\udfff", "é"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20)
+fuzzed_records = st.fixed_dictionaries(
+    {"key": json_values | st.text(min_size=1, max_size=30), "kind": st.sampled_from(["run", "tuning", "x"]),
+     "created_at": st.sampled_from(["2026-01-01T00:00:00Z", "yesterday", 3]),
+     "data": st.sampled_from([run_record("k")["data"], tuning_record("k")["data"]]).flatmap(
+         lambda base: st.dictionaries(st.sampled_from(sorted(base)), json_values, max_size=3).map(
+             lambda changes: {**base, **changes}))})
+bodies = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.lists(fuzzed_records | json_values, max_size=5).map(
+        lambda records: json.dumps({"fingerprint": "fp-fuzz", "profile": {}, "records": records}).encode()))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, compress=st.booleans())
+def test_random_bodies_never_get_a_5xx(server, fuzz_token, body, compress):
+    answer = post(server, fuzz_token, [], body=body, compress=compress)
+    assert answer.status_code < 500, answer.text
+    assert answer.status_code == 200 or "error" in answer.json()
+
+
+@pytest.fixture(scope="module")
+def fuzz_token(server) -> str:
+    return register(server)[1]
+
+
+def test_text_that_is_not_utf8_is_rejected_not_a_server_error(server):
+    name, token = register(server)
+    record = json.dumps(run_record("run:ok")).replace('"run:ok"', '"run:\\ud800"').replace('"gemm"', '"g\\udfff"')
+    good = json.dumps(run_record("run:ok"))
+    body = f'{{"fingerprint": "fp", "profile": {{"x": "\\ud800"}}, "records": [{record}, {good}]}}'
+    answer = post(server, token, [], body=body.encode())
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    assert "UTF-8" in answer.json()["rejected"][0]["reason"]
+    bad_fingerprint = post(server, token, [], body=b'{"fingerprint": "\\udfff", "profile": {}, "records": []}')
+    assert bad_fingerprint.status_code == 400
+    assert [r["key"] for r in stored(server, name)] == ["run:ok"]
+
+
+def test_a_resend_whose_profile_changed_is_still_the_same_batch(server):
+    name, token = register(server)
+    records = [run_record("run:p1")]
+    first = post(server, token, records, key="batch-profile")
+    changed = json.dumps({"fingerprint": "fp-1", "profile": {"cores": 4}, "records": records}).encode()
+    again = post(server, token, [], key="batch-profile", body=changed)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert len(stored(server, name)) == 1
