@@ -5,7 +5,7 @@
 Binds 127.0.0.1 on a free port and prints ``PORT <n>`` as its first stdout line. It exits when its stdin
 closes, so a test run that dies leaves no server behind. Endpoints:
 
-* ``POST /v1/rank``: the fleet service, :func:`~agent.predict.rank_protocol.rank_with_model` on the model;
+* ``POST /v1/rank``: the fleet service's own ranking (:func:`agent.fleet.rank.answer_request` on the model);
 * ``POST /v1/completions``: OpenAI-compatible legacy completions with ``echo`` and ``logprobs``: each prompt text
   is split on spaces into vocabulary tokens and run through the model's ``logits``; one token is generated;
 * ``GET /stats``: how many POSTs arrived, in all and per path.
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.predict.local_model import LocalModel
-from agent.predict.rank_protocol import RankProtocolError, RankRequest, rank_with_model
+from agent.fleet.rank import TeacherRanker, answer_request
+from agent.predict.rank_protocol import RankProtocolError, RankRequest
 from agent.predict.vocab import vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +44,10 @@ _MODEL_MODES = ("ok", "error500-once", "outside")
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, mode: str, model: LocalModel | None, token: str | None) -> None:
+    def __init__(self, mode: str, ranker: TeacherRanker | None, token: str | None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.mode, self.model, self.token = mode, model, token
-        self.lock = threading.Lock()  # one llama.cpp context: one request at a time
+        self.mode, self.ranker, self.token = mode, ranker, token  # the ranker holds the model's lock
+        self.lock = threading.Lock()  # guards stats
         self.stats: dict[str, int] = {"requests": 0}
 
 
@@ -119,8 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _rank(self, data: Any, mode: str) -> dict[str, Any]:
         request = RankRequest.from_json(data)
-        with self.server.lock:
-            answer = rank_with_model(self.server.model, request).to_json()
+        assert self.server.ranker is not None
+        answer = answer_request(self.server.ranker, request).to_json()
         if mode == "outside":
             name = request.slots[0]["name"]
             answer["configs"] = [{**c, name: 999_983} for c in answer["configs"]]
@@ -131,7 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not data.get("echo") or data.get("max_tokens") != 1 or data.get("logprobs") is None:
             raise ValueError("this test server only answers echo=true, max_tokens=1, logprobs")
         vocab = vocabulary()
-        model = self.server.model
+        ranker = self.server.ranker
+        assert ranker is not None
         choices = []
         for i, text in enumerate(prompts):
             tokens = text.split(" ")
@@ -139,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
             unknown = [t for t, k in zip(tokens, ids, strict=True) if vocab.tokens[k] != t]
             if unknown:
                 raise ValueError(f"prompt {i}: unknown tokens {unknown[:3]}")
-            with self.server.lock:
+            with ranker.using() as model:
                 logits = model.logits(ids).astype(np.float64)
             logp = logits - logits.max(axis=1, keepdims=True)
             logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
@@ -154,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
                             "logprobs": {"tokens": shown, "token_logprobs": token_logprobs, "top_logprobs": top,
                                          "text_offset": offsets}})
         return {"id": "cmpl-test", "object": "text_completion", "created": int(time.time()),
-                "model": model.path.stem, "choices": choices}
+                "model": ranker.name, "choices": choices}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,8 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="GGUF model file")
     parser.add_argument("--token", default=None, help="require this bearer token")
     args = parser.parse_args(argv)
-    model = LocalModel(args.model, n_threads=1) if args.mode in _MODEL_MODES else None
-    server = _Server(args.mode, model, args.token)
+    ranker = TeacherRanker(args.model, n_threads=1) if args.mode in _MODEL_MODES else None
+    if ranker is not None:
+        ranker.warm()
+    server = _Server(args.mode, ranker, args.token)
     print(f"PORT {server.server_address[1]}", flush=True)
 
     def watch_stdin() -> None:

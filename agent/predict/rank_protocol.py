@@ -53,7 +53,9 @@ def _short(value: Any) -> str:
 
 
 def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (str, int)) or (isinstance(value, float) and math.isfinite(value))
+    if isinstance(value, int):  # JSON allows any integer; one beyond a float's range cannot be compared as a number
+        return abs(value) <= 2**63
+    return isinstance(value, str) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _value_key(value: Any) -> tuple[str, Any]:
