@@ -641,24 +641,43 @@ def upload(obj: _Context, batch_size: int, as_json: bool) -> None:
 
 @cli.group()
 def fleet() -> None:
-    """The fleet service: collects telemetry from devices (needs the fleet extra: pip install edgetune[fleet])."""
+    """The fleet service: collects telemetry from devices (needs the fleet extra: pip install edgetune[fleet]).
+
+    Its data lives in a SQLite file or a PostgreSQL database: see --db.
+    """
 
 
-fleet_db_option = click.option("--db", "fleet_db", type=click.Path(dir_okay=False, path_type=Path),
-                               help="The fleet's SQLite file (default: fleet.db next to the device store).")
+fleet_db_option = click.option(
+    "--db", "fleet_db", metavar="PATH|URL",
+    help="The fleet's database: a SQLite file (a path or sqlite:///path), or PostgreSQL "
+         "(postgresql://user:password@host:port/database). Default: fleet.db next to the device store.")
 
 
-def _fleet_db(settings: Settings, fleet_db: Path | None) -> Path:
-    return fleet_db or settings.db_path.parent / "fleet.db"
+def _fleet_db(settings: Settings, fleet_db: str | None) -> str:
+    return fleet_db or str(settings.db_path.parent / "fleet.db")
 
 
 @fleet.command("serve")
 @fleet_db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8750, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="GGUF model that answers POST /v1/rank, loaded once at start "
+                   "(default: edgetune-teacher-q8_0.gguf in EDGETUNE_MODELS, else the shipped models/).")
+@click.option("--rank-upstream", metavar="URL", default=None,
+              help="Answer POST /v1/rank by asking this OpenAI-compatible server's /v1/completions with logprobs "
+                   "instead of the teacher (bearer token from EDGETUNE_FLEET_UPSTREAM_TOKEN).")
+@click.option("--rank-upstream-model", metavar="NAME", default=None, help="The model name sent upstream.")
+@click.option("--rank-timeout", default=10.0, show_default=True, type=click.FloatRange(0.01, 600),
+              help="Seconds one /v1/rank request may take; past them it answers 503 with Retry-After.")
 @click.pass_obj
-def fleet_serve(obj: _Context, fleet_db: Path | None, host: str, port: int) -> None:
-    """Run the fleet service (operator token from EDGETUNE_FLEET_OPERATOR_TOKEN)."""
+def fleet_serve(obj: _Context, fleet_db: str | None, host: str, port: int, teacher: Path | None,
+                rank_upstream: str | None, rank_upstream_model: str | None, rank_timeout: float) -> None:
+    """Run the fleet service (operator token from EDGETUNE_FLEET_OPERATOR_TOKEN).
+
+    POST /v1/rank, the devices' cloud fallback, is answered by the teacher model, or with
+    --rank-upstream by an OpenAI-compatible server.
+    """
     import os
 
     token = os.environ.get("EDGETUNE_FLEET_OPERATOR_TOKEN", "")
@@ -670,7 +689,16 @@ def fleet_serve(obj: _Context, fleet_db: Path | None, host: str, port: int) -> N
         from agent.fleet.app import create_app
     except ImportError as exc:
         raise ConfigError(f"the fleet service needs its extra: install edgetune[fleet] ({exc})") from None
-    app = create_app(_fleet_db(obj.settings, fleet_db), token)
+    from agent.fleet.rank import UPSTREAM_TOKEN_ENV, RankService, TeacherRanker, UpstreamRanker, default_teacher
+
+    if rank_upstream and teacher:
+        raise ConfigError("--teacher and --rank-upstream are exclusive: /v1/rank is answered by one of them")
+    if teacher is not None and not teacher.is_file():
+        raise ConfigError(f"--teacher {teacher}: no such file")
+    ranker = (UpstreamRanker(rank_upstream, token=os.environ.get(UPSTREAM_TOKEN_ENV), model=rank_upstream_model,
+                             timeout_s=rank_timeout) if rank_upstream else TeacherRanker(teacher or default_teacher()))
+    ranking = RankService(ranker, deadline_s=rank_timeout)
+    app = create_app(_fleet_db(obj.settings, fleet_db), token, ranking=ranking)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -678,7 +706,7 @@ def fleet_serve(obj: _Context, fleet_db: Path | None, host: str, port: int) -> N
 @click.argument("name")
 @fleet_db_option
 @click.pass_obj
-def fleet_add_device(obj: _Context, name: str, fleet_db: Path | None) -> None:
+def fleet_add_device(obj: _Context, name: str, fleet_db: str | None) -> None:
     """Register device NAME and print its token (shown once; only its hash is kept)."""
     from agent.fleet.storage import FleetStore
 

@@ -54,3 +54,38 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
 @pytest.fixture
 def cli_env(tmp_path: Path, cache_dir: Path) -> dict[str, str]:
     return {"EDGETUNE_DB": str(tmp_path / "cli.db"), "EDGETUNE_CACHE": str(cache_dir)}
+
+
+# -- the fleet's database backends -------------------------------------------------------------
+FLEET_BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL server for the session; missing binaries fail the test (CI installs them)."""
+    from tests.postgres import PostgresCluster, PostgresMissing
+
+    try:
+        cluster = PostgresCluster.start()
+    except PostgresMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+def _new_fleet_db(request: pytest.FixtureRequest, backend: str) -> str:
+    if backend == "sqlite":
+        return str(request.getfixturevalue("tmp_path_factory").mktemp("fleet") / "fleet.db")
+    return request.getfixturevalue("postgres_cluster").new_database()
+
+
+@pytest.fixture(scope="module", params=FLEET_BACKENDS)
+def fleet_db(request: pytest.FixtureRequest) -> str:
+    """One fleet database per test module and backend (a SQLite path or a PostgreSQL URL): tests run on both."""
+    return _new_fleet_db(request, request.param)
+
+
+@pytest.fixture
+def new_fleet_db(request: pytest.FixtureRequest):
+    """``new_fleet_db(backend)``: another new empty fleet database."""
+    return lambda backend: _new_fleet_db(request, backend)

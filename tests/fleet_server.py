@@ -42,16 +42,23 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 class FleetServer:
-    """``edgetune fleet serve`` as a child process; ``kill`` and ``start`` again on the same port and file."""
+    """``edgetune fleet serve`` as a child process; ``kill`` and ``start`` again on the same port and database.
 
-    def __init__(self, db: Path, port: int | None = None) -> None:
+    ``db`` is what ``--db`` takes: a SQLite path or a PostgreSQL URL.
+    """
+
+    def __init__(self, db: str | Path, port: int | None = None) -> None:
         self.db, self.port = db, port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.serve_args: list[str] = []  # more ``fleet serve`` options (--teacher, --rank-upstream, ...)
+        self.serve_env: dict[str, str] = {}
 
     def start(self, timeout: float = 30.0) -> FleetServer:
-        cmd = [sys.executable, "-m", "agent.cli", "fleet", "serve", "--db", str(self.db), "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(EDGETUNE_FLEET_OPERATOR_TOKEN=OPERATOR_TOKEN),
+        cmd = [sys.executable, "-m", "agent.cli", "fleet", "serve", "--db", str(self.db), "--port", str(self.port),
+               *self.serve_args]
+        env = child_env(EDGETUNE_FLEET_OPERATOR_TOKEN=OPERATOR_TOKEN, **self.serve_env)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

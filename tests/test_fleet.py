@@ -6,6 +6,7 @@ import gzip
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.errors import FleetError
 from agent.fleet.protocol import MAX_BODY_BYTES, MAX_RECORDS
+from agent.fleet.storage import FleetStore, redact_url
 from tests.conftest import run_cli
 from tests.fleet_server import OPERATOR_TOKEN, FleetServer
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetServer]:
-    fleet = FleetServer(tmp_path_factory.mktemp("fleet") / "fleet.db").start()
+def server(fleet_db: str) -> Iterator[FleetServer]:
+    """The fleet service on SQLite and on PostgreSQL (``fleet_db`` is parametrized over both)."""
+    fleet = FleetServer(fleet_db).start()
     yield fleet
     fleet.kill()
 
@@ -261,3 +265,64 @@ def test_a_resend_whose_profile_changed_is_still_the_same_batch(server):
     again = post(server, token, [], key="batch-profile", body=changed)
     assert again.status_code == 200 and again.json() == first.json()
     assert len(stored(server, name)) == 1
+
+
+def test_concurrent_resends_of_one_batch_store_it_once(server):
+    name, token = register(server)
+    records = [run_record(f"run:c{i}") for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:  # the same batch eight times at once, and overlapping batches under new keys
+        same = list(pool.map(lambda _: post(server, token, records, key="batch-concurrent"), range(8)))
+        overlapping = list(pool.map(lambda i: post(server, token, records[i * 10:i * 10 + 20]), range(3)))
+    assert {a.status_code for a in same + overlapping} == {200}
+    assert all(a.json() == same[0].json() for a in same)
+    accepted = same[0].json()["accepted"] + sum(a.json()["accepted"] for a in overlapping)
+    assert accepted == 40
+    assert sorted(r["key"] for r in stored(server, name)) == sorted(r["key"] for r in records)
+
+
+def test_database_urls_choose_the_backend_and_never_show_a_password(tmp_path: Path):
+    assert redact_url("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("postgres://u@h/db?sslmode=require&password=abc") == "postgres://u@h/db?sslmode=require&password=***"
+    assert redact_url("postgresql://u:secret@[::1/db", "bad URI postgresql://u:secret@[::1/db") == \
+        "bad URI postgresql://u:***@[::1/db"
+    FleetStore(f"sqlite:///{tmp_path}/by-url.db").add_device("one")
+    assert (tmp_path / "by-url.db").exists()
+    for bad in ("mysql://u:secret@h/db", "sqlite://host/db"):
+        with pytest.raises(FleetError) as caught:
+            FleetStore(bad)
+        assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:hunter2-pw@127.0.0.1:1/fleet", "postgresql://u:hunter2-pw@[::1/x",
+                                 "postgresql://u:hunter2-pw@127.0.0.1:port/x", "oracle://u:hunter2-pw@h/x"])
+def test_a_bad_or_unreachable_database_url_is_a_one_line_error_without_the_password(url):
+    for args in (("fleet", "add-device", "dev"), ("fleet", "serve", "--port", "1")):
+        done = run_cli(*args, "--db", url, env={"EDGETUNE_FLEET_OPERATOR_TOKEN": "t"}, timeout=60)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert "hunter2" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def test_a_postgresql_error_never_shows_the_password(postgres_cluster):
+    url = postgres_cluster.url("no_such_database").replace("edgetune@", "edgetune:hunter2-pw@")
+    done = run_cli("fleet", "add-device", "dev", "--db", url, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "no_such_database" in done.stderr and "hunter2" not in done.stderr and "***" in done.stderr
+
+
+def test_a_database_that_goes_away_is_a_503_with_retry_after_not_a_crash(postgres_cluster):
+    import psycopg
+
+    url = postgres_cluster.new_database()
+    fleet = FleetServer(url).start()
+    try:
+        name, token = register(fleet)
+        assert post(fleet, token, [run_record(f"run:{name}:1")]).status_code == 200
+        database = url.rsplit("/", 1)[1]
+        with psycopg.connect(postgres_cluster.url(), autocommit=True) as conn:
+            conn.execute(f"drop database {database} with (force)")
+        answer = post(fleet, token, [run_record(f"run:{name}:2")])
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "5" and "retry later" in answer.json()["error"]
+        assert httpx.get(f"{fleet.url}/v1/health", timeout=10).status_code == 200  # the service itself is up
+    finally:
+        fleet.kill()

@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 
 from agent.store import RunRecord, Store
-from tests.conftest import ROOT, run_cli
+from tests.conftest import FLEET_BACKENDS, ROOT, run_cli
 from tests.fleet_server import FleetServer, Proxy, child_env
 
 FINGERPRINT = "fp-upload-test"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetServer]:
-    fleet = FleetServer(tmp_path_factory.mktemp("fleet") / "fleet.db").start()
+def server(fleet_db: str) -> Iterator[FleetServer]:
+    """The fleet service on SQLite and on PostgreSQL (``fleet_db`` is parametrized over both)."""
+    fleet = FleetServer(fleet_db).start()
     yield fleet
     fleet.kill()
 
@@ -190,8 +191,9 @@ def start_upload(db: Path, url: str, token: str, *args: str) -> subprocess.Popen
                             stderr=subprocess.PIPE)
 
 
-def test_the_fleet_killed_and_restarted_mid_upload_ends_with_an_exact_count(tmp_path):
-    fleet = FleetServer(tmp_path / "fleet.db").start()
+@pytest.mark.parametrize("backend", FLEET_BACKENDS)
+def test_the_fleet_killed_and_restarted_mid_upload_ends_with_an_exact_count(tmp_path, new_fleet_db, backend):
+    fleet = FleetServer(new_fleet_db(backend)).start()
     try:
         name, token = register(fleet)
         db = tmp_path / "device.db"

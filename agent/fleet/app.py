@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import zlib
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,14 @@ from agent.fleet.protocol import (
     validate_envelope,
     validate_record,
 )
+from agent.fleet.rank import RankBusy, RankService
 from agent.fleet.storage import Device, FleetStore, IdempotencyConflict
+from agent.predict.rank_protocol import RankProtocolError, RankRequest
 
 __all__ = ["create_app"]
 
 OPERATOR = "operator"
+logger = logging.getLogger("edgetune.fleet")
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -94,8 +98,12 @@ def _parse_json(body: bytes) -> Any:
         raise _error(400, f"the body is not JSON: {str(exc)[:200]}") from None
 
 
-def create_app(db_path: str | Path, operator_token: str) -> FastAPI:
-    """The fleet application over the SQLite file at ``db_path``; ``operator_token`` guards the reads."""
+def create_app(db_path: str | Path, operator_token: str, *, ranking: RankService | None = None) -> FastAPI:
+    """The fleet application over the database ``db_path`` (a SQLite path or a PostgreSQL URL);
+    ``operator_token`` guards the reads.
+
+    ``ranking`` answers ``POST /v1/rank`` (its model starts loading now); without it that endpoint answers 503.
+    """
     if not operator_token:
         raise ValueError("an operator token is required")
     store = FleetStore(db_path)
@@ -104,6 +112,14 @@ def create_app(db_path: str | Path, operator_token: str) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return AsciiJSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(store.database_error)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # Not the client's fault, and nothing was half-stored (each batch is one transaction):
+        # a 503 tells the uploader to come back later.
+        logger.warning("fleet database error on %s: %s", request.url.path, store.describe_error(exc))
+        return AsciiJSONResponse({"error": "the fleet database is unavailable; retry later"}, status_code=503,
+                                 headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -181,4 +197,34 @@ def create_app(db_path: str | Path, operator_token: str) -> FastAPI:
         await operator(request)
         return {"devices": await run_in_threadpool(store.devices)}
 
+    @app.post("/v1/rank")
+    async def post_rank(request: Request) -> dict[str, Any]:
+        """Rank a device's candidate configurations with the fleet's model (device token)."""
+        device = await caller(request)
+        if not isinstance(device, Device):
+            raise _error(403, "ranking is asked with a device token")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise _error(415, "Content-Type must be application/json")
+        body = _parse_json(await _read_body(request))
+        if not isinstance(body, dict):
+            raise _error(400, f"rank request: must be a JSON object, got {type(body).__name__}")
+        try:
+            asked = RankRequest.from_json(body)  # the same validation the device's request_for runs
+        except RankProtocolError as exc:
+            raise _error(400, str(exc)) from None
+        except RecursionError:
+            raise _error(400, "rank request: nested too deeply") from None
+        await run_in_threadpool(store.count_rank_request, device)
+        try:
+            if ranking is None:
+                raise RankBusy("this fleet service ranks nothing (started without a ranking model)", retry_after=300)
+            return (await ranking.answer(asked)).to_json()
+        except RankProtocolError as exc:
+            raise _error(400, str(exc)) from None
+        except RankBusy as exc:
+            raise HTTPException(503, detail=str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+
+    if ranking is not None:
+        ranking.start()
     return app

@@ -43,6 +43,8 @@ def _text(value: Any) -> str | None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return "must be valid UTF-8 text"
+    if "\x00" in value:
+        return "must not contain NUL characters"
     return None
 
 
