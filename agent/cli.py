@@ -527,16 +527,37 @@ def _importable(module: str) -> bool:
 @click.option("--threads", type=click.IntRange(1), help="PyTorch threads (default: the machine's cores).")
 @click.option("--only", type=click.Choice(["all", "cost-model"]), default="all", show_default=True,
               help="cost-model: train only the ONNX cost model (seconds), keep the GGUF files.")
+@click.option("--from-fleet", "from_fleet", metavar="URL",
+              help="Also train on the fleet's measurements (operator token from EDGETUNE_FLEET_OPERATOR_TOKEN).")
+@click.option("--pull-only", "pull_only", metavar="DIR", type=click.Path(path_type=Path),
+              help="With --from-fleet: write the fleet's dataset to DIR and train nothing.")
 @json_option
 def train(datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, student_steps: int | None,
-          seed: int, card: bool, smoke: bool, threads: int | None, only: str, as_json: bool) -> None:
+          seed: int, card: bool, smoke: bool, threads: int | None, only: str, from_fleet: str | None,
+          pull_only: Path | None, as_json: bool) -> None:
     """Train the teacher, the distilled 4-bit student and the cost model on DATASETS (default: models/data/*).
 
     Same datasets and seed, same models. Writes edgetune-student-q4_0.gguf,
     edgetune-teacher-q8_0.gguf, edgetune-cost.onnx, vocab.json, metrics.json and the model
-    card README.md. A few minutes per model on two cores.
+    card README.md. A few minutes per model on two cores. --from-fleet URL pulls the fleet's
+    runs into a dataset first (kept only with --pull-only DIR, which trains nothing).
     """
+    if pull_only is not None and not from_fleet:
+        raise click.UsageError("--pull-only needs --from-fleet URL")
+    if from_fleet and pull_only is not None:
+        _pull_and_report(from_fleet, pull_only, as_json=as_json)
+        return
     _training_modules()
+    if from_fleet:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="edgetune-fleet-") as scratch:
+            pulled = Path(scratch) / "fleet"
+            _pull_and_report(from_fleet, pulled, as_json=as_json, quiet=True)
+            train.callback(datasets=(*datasets, pulled), out_dir=out_dir, teacher_steps=teacher_steps,  # type: ignore[misc]
+                           student_steps=student_steps, seed=seed, card=card, smoke=smoke, threads=threads,
+                           only=only, from_fleet=None, pull_only=None, as_json=as_json)
+        return
     from agent.train.fit import TrainRun
     from agent.train.pipeline import train_and_export, train_cost_model
 
@@ -711,6 +732,33 @@ def fleet_add_device(obj: _Context, name: str, fleet_db: str | None) -> None:
     from agent.fleet.storage import FleetStore
 
     click.echo(FleetStore(_fleet_db(obj.settings, fleet_db)).add_device(name))
+
+
+@fleet.command("pull")
+@click.argument("url")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="The dataset folder to write (new, empty, or an older dataset, replaced when complete).")
+@click.option("--device", default=None, help="Only this device's runs (its fleet name).")
+@click.option("--kernel", default=None, help="Only this kernel's runs.")
+@json_option
+def fleet_pull(url: str, out_dir: Path, device: str | None, kernel: str | None, as_json: bool) -> None:
+    """Fetch the fleet's search-phase runs at URL as a dataset folder (operator token from
+    EDGETUNE_FLEET_OPERATOR_TOKEN); `edgetune train DIR` trains on it."""
+    _pull_and_report(url, out_dir, as_json=as_json, device=device, kernel=kernel)
+
+
+def _pull_and_report(url: str, out_dir: Path, *, as_json: bool, quiet: bool = False, **filters: str | None) -> None:
+    import os
+
+    from agent.fleet.pull import OPERATOR_TOKEN_ENV, pull_dataset
+
+    manifest = pull_dataset(url, os.environ.get(OPERATOR_TOKEN_ENV, ""), out_dir, **filters)
+    counts = manifest["counts"]
+    if as_json and not quiet:
+        click.echo(json.dumps({"path": str(out_dir), "counts": counts}, indent=1))
+    elif not as_json:  # quiet: a log line on stderr (stdout is the training's)
+        click.echo(f"{out_dir}: {counts['records']} records, {counts['cases']} cases, "
+                   f"{len(manifest['devices'])} devices from {url}", err=quiet)
 
 
 def _write_text(output: Path | None, text: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import zlib
@@ -17,10 +18,12 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from agent.fleet.export import FORMATS as EXPORT_FORMATS
+from agent.fleet.export import MEDIA_TYPES, export_chunks
 from agent.fleet.protocol import (
     IDEMPOTENCY_HEADER,
     MAX_BODY_BYTES,
@@ -190,6 +193,18 @@ def create_app(db_path: str | Path, operator_token: str, *, ranking: RankService
         await operator(request)
         records = await run_in_threadpool(store.records, since=since, device=device, kernel=kernel, limit=limit)
         return {"records": records, "next": records[-1]["cursor"] if len(records) == limit else None}
+
+    @app.get("/v1/telemetry/export", response_model=None)
+    async def get_export(request: Request, format: str = "jsonl", since: int = Query(0, ge=0, le=2**62),
+                         device: str | None = None, kernel: str | None = None) -> StreamingResponse:
+        """Every matching record as jsonl, csv (runs) or t4 (runs), streamed (operator token)."""
+        await operator(request)
+        if format not in EXPORT_FORMATS:
+            raise _error(400, f"unknown export format {format[:40]!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        chunks = export_chunks(store, format, since=since, device=device, kernel=kernel)
+        first = await run_in_threadpool(next, chunks, "")  # a database error before the headers is still a 503
+        return StreamingResponse(itertools.chain([first], chunks), media_type=MEDIA_TYPES[format], headers={
+            "Content-Disposition": f'attachment; filename="edgetune-fleet.{"json" if format == "t4" else format}"'})
 
     @app.get("/v1/devices")
     async def get_devices(request: Request) -> dict[str, Any]:
