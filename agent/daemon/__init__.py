@@ -1,0 +1,1 @@
+"""The on-device daemon: systemd integration first (``notify``)."""
