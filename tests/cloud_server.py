@@ -27,11 +27,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from agent.fleet.rank import TeacherRanker, answer_request
+from agent.kernels.features import kernel_features
+from agent.kernels.problem import parse_shape
+from agent.kernels.registry import find_kernel
+from agent.kernels.space import Space
+from agent.predict.prompt import ConfigCodec, HardwareDesc, kernel_desc, prompt_tokens
 from agent.predict.rank_protocol import RankProtocolError, RankRequest
 from agent.predict.vocab import vocabulary
 
@@ -168,7 +173,11 @@ def main(argv: list[str] | None = None) -> None:
     ranker = TeacherRanker(args.model, n_threads=1) if args.mode in _MODEL_MODES else None
     if ranker is not None:
         ranker.warm()
-    server = _Server(args.mode, ranker, args.token)
+    serve_until_stdin_closes(_Server(args.mode, ranker, args.token))
+
+
+def serve_until_stdin_closes(server: Any) -> None:
+    """Print the server's port for the parent, serve, and exit when the parent closes our stdin."""
     print(f"PORT {server.server_address[1]}", flush=True)
 
     def watch_stdin() -> None:
@@ -177,6 +186,29 @@ def main(argv: list[str] | None = None) -> None:
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     server.serve_forever()
+
+
+class RankCase(NamedTuple):
+    """A ranking question as a device asks it: gemm at 256^3 on a 2-core AVX2 machine, the whole valid space."""
+
+    prompt: list[str]
+    codec: ConfigCodec
+    space: Space
+    configs: list[dict[str, Any]]
+    shape: dict[str, int]
+
+
+def gemm_rank_case() -> RankCase:
+    spec = find_kernel("gemm")
+    problem = parse_shape(spec, "M=256,N=256,K=256")
+    space = Space.build(problem, max_threads=2, vector_bits=256)
+    params = [{"name": p.name, "role": p.role, "values": list(p.values)} for p in space.params]
+    hardware = HardwareDesc(kind="cpu", isa="x86_64", vector_bits=256, cores=2, l1_bytes=32 << 10,
+                            l2_bytes=1 << 20, l3_bytes=32 << 20, bandwidth_gbs=20.0)
+    kernel = kernel_desc({"params": params, "dimensions": list(spec.dimensions)}, name="gemm", spec=spec,
+                         features=kernel_features(spec))
+    return RankCase(prompt_tokens(hardware, kernel, problem.shape), ConfigCodec.for_params(params), space,
+                    list(space), dict(problem.shape))
 
 
 class Servers:

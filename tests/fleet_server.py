@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from tests.cloud_server import serve_until_stdin_closes
+
 ROOT = Path(__file__).resolve().parents[1]
 OPERATOR_TOKEN = "operator-secret-for-tests"
 MODES = ("slow", "429-once", "503-once")
@@ -192,15 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args(argv)
-    server = _ProxyServer(args.upstream, args.mode, args.delay)
-    print(f"PORT {server.server_address[1]}", flush=True)
-
-    def watch_stdin() -> None:
-        sys.stdin.read()
-        os._exit(0)
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
-    server.serve_forever()
+    serve_until_stdin_closes(_ProxyServer(args.upstream, args.mode, args.delay))
 
 
 if __name__ == "__main__":

@@ -9,52 +9,31 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 from agent.errors import EdgetuneError
-from agent.kernels.features import kernel_features
-from agent.kernels.problem import parse_shape
-from agent.kernels.registry import find_kernel
-from agent.kernels.space import Space
 from agent.predict.cloud import CloudAnswer, CloudClient, CloudError, CloudSettings, completion_text, merge_rankings
 from agent.predict.local_model import LocalModel
-from agent.predict.prompt import ConfigCodec, HardwareDesc, kernel_desc, prompt_tokens
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, rank_with_model, request_for
 from agent.predict.vocab import vocabulary
-from tests.cloud_server import Servers
+from tests.cloud_server import RankCase, Servers, gemm_rank_case
 from tests.conftest import ROOT
 
 TEACHER = ROOT / "models" / "edgetune-teacher-q8_0.gguf"
 SLACK_S = 0.2
 
 
-class Case(NamedTuple):
-    prompt: list[str]
-    codec: ConfigCodec
-    configs: list[dict[str, Any]]
-    shape: dict[str, int]
+@pytest.fixture(scope="module")
+def case() -> RankCase:
+    return gemm_rank_case()
 
 
 @pytest.fixture(scope="module")
-def case() -> Case:
-    spec = find_kernel("gemm")
-    problem = parse_shape(spec, "M=256,N=256,K=256")
-    space = Space.build(problem, max_threads=2, vector_bits=256)
-    params = [{"name": p.name, "role": p.role, "values": list(p.values)} for p in space.params]
-    hardware = HardwareDesc(kind="cpu", isa="x86_64", vector_bits=256, cores=2, l1_bytes=32 << 10,
-                            l2_bytes=1 << 20, l3_bytes=32 << 20, bandwidth_gbs=20.0)
-    kernel = kernel_desc({"params": params, "dimensions": list(spec.dimensions)}, name="gemm", spec=spec,
-                         features=kernel_features(spec))
-    return Case(prompt_tokens(hardware, kernel, problem.shape), ConfigCodec.for_params(params), list(space),
-                dict(problem.shape))
-
-
-@pytest.fixture(scope="module")
-def small(case: Case) -> RankRequest:
+def small(case: RankCase) -> RankRequest:
     """16 candidates: cheap for the completions endpoint, which runs the model once per candidate."""
     return request_for(case.prompt, case.codec, case.configs[::63], 5, kernel="gemm", shape=case.shape)
 
@@ -98,7 +77,7 @@ def timed_ask(client: CloudClient, request: RankRequest) -> tuple[CloudAnswer | 
     return result["answer"], result["elapsed"]
 
 
-def direct_fleet_scores(teacher: LocalModel, case: Case, configs: list[dict[str, Any]]) -> np.ndarray:
+def direct_fleet_scores(teacher: LocalModel, case: RankCase, configs: list[dict[str, Any]]) -> np.ndarray:
     vocab = vocabulary()
     prompt = [vocab.bos, *(vocab.id(t) for t in case.prompt), vocab.config_mark]
     rows = np.array([case.codec.encode(c) for c in configs])
@@ -108,7 +87,7 @@ def direct_fleet_scores(teacher: LocalModel, case: Case, configs: list[dict[str,
 # --- the ok path ------------------------------------------------------------------------------------------------
 
 
-def test_fleet_answer_top1_is_the_teachers_best(servers: Servers, case: Case, teacher: LocalModel) -> None:
+def test_fleet_answer_top1_is_the_teachers_best(servers: Servers, case: RankCase, teacher: LocalModel) -> None:
     request = request_for(case.prompt, case.codec, case.configs, 8, kernel="gemm", shape=case.shape)
     assert len(case.configs) > 1000  # the whole valid space, as a device sends it
     client = CloudClient(CloudSettings(servers.shared("ok"), timeout_s=20.0))
@@ -123,7 +102,7 @@ def test_fleet_answer_top1_is_the_teachers_best(servers: Servers, case: Case, te
     assert answer.model == "edgetune-teacher-q8_0" and 0 < answer.elapsed_s < 20.0
 
 
-def test_openai_answer_top1_is_the_teachers_best(servers: Servers, case: Case, small: RankRequest,
+def test_openai_answer_top1_is_the_teachers_best(servers: Servers, case: RankCase, small: RankRequest,
                                                   teacher: LocalModel) -> None:
     client = CloudClient(CloudSettings(servers.shared("ok"), kind="openai", model="teacher", timeout_s=20.0))
     answer = client.ask(small)

@@ -6,7 +6,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 import pytest
@@ -14,15 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.fleet.rank import TeacherRanker, answer_request
-from agent.kernels.features import kernel_features
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space
 from agent.predict.cloud import CloudClient, CloudSettings, merge_rankings
-from agent.predict.prompt import ConfigCodec, HardwareDesc, kernel_desc, prompt_tokens
 from agent.predict.rank_protocol import MAX_CANDIDATES, MAX_PROMPT, RankRequest, candidate_key, request_for
 from agent.tuner import TuneOptions, tune
-from tests.cloud_server import Servers
+from tests.cloud_server import RankCase, Servers, gemm_rank_case
 from tests.conftest import ROOT, run_cli
 from tests.fleet_server import OPERATOR_TOKEN, FleetServer
 from tests.test_model_strategy import KERNEL, QUICK, SHAPE, _models
@@ -30,30 +28,13 @@ from tests.test_model_strategy import KERNEL, QUICK, SHAPE, _models
 TEACHER = ROOT / "models" / "edgetune-teacher-q8_0.gguf"
 
 
-class Case(NamedTuple):
-    prompt: list[str]
-    codec: ConfigCodec
-    space: Space
-    configs: list[dict[str, Any]]
-    shape: dict[str, int]
+@pytest.fixture(scope="module")
+def case() -> RankCase:
+    return gemm_rank_case()
 
 
 @pytest.fixture(scope="module")
-def case() -> Case:
-    spec = find_kernel("gemm")
-    problem = parse_shape(spec, "M=256,N=256,K=256")
-    space = Space.build(problem, max_threads=2, vector_bits=256)
-    params = [{"name": p.name, "role": p.role, "values": list(p.values)} for p in space.params]
-    hardware = HardwareDesc(kind="cpu", isa="x86_64", vector_bits=256, cores=2, l1_bytes=32 << 10,
-                            l2_bytes=1 << 20, l3_bytes=32 << 20, bandwidth_gbs=20.0)
-    kernel = kernel_desc({"params": params, "dimensions": list(spec.dimensions)}, name="gemm", spec=spec,
-                         features=kernel_features(spec))
-    return Case(prompt_tokens(hardware, kernel, problem.shape), ConfigCodec.for_params(params), space, list(space),
-                dict(problem.shape))
-
-
-@pytest.fixture(scope="module")
-def small(case: Case) -> RankRequest:
+def small(case: RankCase) -> RankRequest:
     return request_for(case.prompt, case.codec, case.configs[::63], 5, kernel="gemm", shape=case.shape)
 
 
@@ -210,7 +191,7 @@ def test_a_body_that_is_not_json_content_is_a_415(fleet, device, small):
     assert answer.status_code == 415 and "error" in answer.json()
 
 
-def _invalid_configs(case: Case) -> list[dict[str, Any]]:
+def _invalid_configs(case: RankCase) -> list[dict[str, Any]]:
     """Configurations of the gemm parameters' values that break one of its constraints (even at 512 bits)."""
     widest = Space.build(case.space.problem)
     names = [p.name for p in case.space.params]
