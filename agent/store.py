@@ -213,6 +213,7 @@ class Store:
     def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
         self.db = db
         self.path = path
+        self._store_id: str | None = None  # store_info's, read once: it never changes
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -380,8 +381,9 @@ class Store:
     def _enqueue(self, db: sqlite_utils.Database, kind: str, local_id: int, device: str, created_at: str,
                  data: Mapping[str, Any]) -> None:
         """Put one telemetry record into the outbox (inside the caller's transaction)."""
-        store_id = db["store_info"].get("store_id")["value"]
-        key = f"{kind}:{device}:{store_id}:{local_id}"
+        if self._store_id is None:
+            self._store_id = str(db["store_info"].get("store_id")["value"])
+        key = f"{kind}:{device}:{self._store_id}:{local_id}"
         record = {"key": key, "kind": kind, "created_at": created_at, "data": dict(data)}
         db["outbox"].insert({"key": key, "kind": kind, "device": device, "created_at": created_at,
                              "payload": json.dumps(record, sort_keys=True)}, replace=True)
@@ -399,14 +401,15 @@ class Store:
         """Remove acknowledged records from the outbox; ``rejected`` ones (key -> reason) go to dead_letter."""
         now = utc_now()
         with self._write() as db:
-            for key in keys:
-                row = next(db["outbox"].rows_where("key = ?", [key]), None)
-                if row is None:
-                    continue
-                if key in rejected:
-                    db["dead_letter"].insert({"key": key, "kind": row["kind"], "payload": row["payload"],
-                                              "reason": rejected[key], "failed_at": now})
-                db.execute("delete from outbox where key = ?", [key])
+            for start in range(0, len(keys), 500):  # stay below SQLite's limit on bound parameters
+                chunk = list(keys[start:start + 500])
+                marks = ", ".join("?" * len(chunk))
+                db["dead_letter"].insert_all(
+                    {"key": row["key"], "kind": row["kind"], "payload": row["payload"],
+                     "reason": rejected[row["key"]], "failed_at": now}
+                    for row in db.query(f"select key, kind, payload from outbox where key in ({marks}) order by id",
+                                        chunk) if row["key"] in rejected)
+                db.execute(f"delete from outbox where key in ({marks})", chunk)
 
     def device_profile(self, fingerprint: str) -> dict[str, Any]:
         """The stored hardware profile of a device ({} when unknown)."""
