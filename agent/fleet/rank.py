@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from agent.errors import EdgetuneError
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, candidate_key, rank_with_model
 from agent.predict.vocab import vocabulary
+from agent.resources import shipped_dir
 
 __all__ = ["DEFAULT_DEADLINE_S", "TEACHER_FILE", "RankBusy", "RankService", "Ranker", "TeacherRanker",
            "UpstreamRanker", "answer_request", "default_teacher", "only_candidates", "screen"]
@@ -70,7 +71,7 @@ class Ranker(Protocol):
 def default_teacher() -> Path:
     """The teacher in the models folder: ``$EDGETUNE_MODELS``, else the shipped ``models/``."""
     env = os.environ.get("EDGETUNE_MODELS")
-    return (Path(env) if env else Path(__file__).resolve().parents[2] / "models") / TEACHER_FILE
+    return (Path(env) if env else shipped_dir("models")) / TEACHER_FILE
 
 
 def _known_token(name: str, token: str) -> None:

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.resources import shipped_dir
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -26,7 +28,7 @@ _FIELDS = ("name", "vendor", "architecture", "compute_capability", "multiprocess
 
 
 def default_gpu_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "profiles" / "gpus"
+    return shipped_dir("profiles") / "gpus"
 
 
 def _norm(text: str) -> str:

@@ -23,6 +23,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from agent.errors import ProbeError
+from agent.resources import shipped_dir
 
 __all__ = [
     "ARM_SIMD_FLAGS",
@@ -201,12 +202,8 @@ def _check_type(key: str, value: Any) -> None:
 
 
 def default_profiles_dir() -> Path:
-    """The repository's ``profiles/devices/``.
-
-    Resolved relative to this file, so it exists in a source checkout (or an editable install);
-    an installed wheel does not ship the profiles, and callers should pass a directory there.
-    """
-    return Path(__file__).resolve().parents[2] / "profiles" / "devices"
+    """The shipped ``profiles/devices/`` (a checkout's, or an installed venv's ``share/edgetune``)."""
+    return shipped_dir("profiles") / "devices"
 
 
 def load_profile(path: str | os.PathLike[str]) -> HardwareProfile:

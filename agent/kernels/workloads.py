@@ -23,6 +23,7 @@ from pathlib import Path
 from agent.errors import EdgetuneError, SpecError
 from agent.kernels.problem import Problem, parse_shape
 from agent.kernels.registry import find_kernel
+from agent.resources import shipped_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,7 +63,7 @@ class Workload:
 
 def default_workloads_dir() -> Path:
     """The repository's ``profiles/workloads/`` (a source checkout or editable install)."""
-    return Path(__file__).resolve().parents[2] / "profiles" / "workloads"
+    return shipped_dir("profiles") / "workloads"
 
 
 def list_workloads(directory: str | os.PathLike[str] | None = None) -> list[Path]:

@@ -40,6 +40,7 @@ from agent.predict.local_model import LocalModel
 from agent.predict.prompt import ConfigCodec, HardwareDesc, KernelDesc, hardware_desc, kernel_desc, prompt_tokens
 from agent.predict.ranking import CANDIDATES, RankingFeatures, blend_order, ranking_features
 from agent.predict.vocab import vocabulary
+from agent.resources import shipped_dir
 
 __all__ = ["COST_MODEL_FILE", "STUDENT_FILE", "Candidate", "Prediction", "Predictor", "default_model_dir"]
 
@@ -50,7 +51,7 @@ COST_MODEL_FILE = "edgetune-cost.onnx"
 def default_model_dir() -> Path:
     """``$EDGETUNE_MODELS`` if set, else the ``models/`` folder beside the package (a source checkout)."""
     env = os.environ.get("EDGETUNE_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    return Path(env) if env else shipped_dir("models")
 
 
 @dataclass(frozen=True)
