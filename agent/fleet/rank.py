@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.errors import EdgetuneError
+from agent.predict.model_files import TEACHER_FILE, default_model_dir
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, candidate_key, rank_with_model
 from agent.predict.vocab import vocabulary
-from agent.resources import shipped_dir
 
 __all__ = ["DEFAULT_DEADLINE_S", "TEACHER_FILE", "RankBusy", "RankService", "Ranker", "TeacherRanker",
            "UpstreamRanker", "answer_request", "default_teacher", "only_candidates", "screen"]
 
-TEACHER_FILE = "edgetune-teacher-q8_0.gguf"
 DEFAULT_DEADLINE_S = 10.0
 UPSTREAM_TOKEN_ENV = "EDGETUNE_FLEET_UPSTREAM_TOKEN"
 _KERNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a built-in's name, never a path
@@ -70,8 +69,7 @@ class Ranker(Protocol):
 
 def default_teacher() -> Path:
     """The teacher in the models folder: ``$EDGETUNE_MODELS``, else the shipped ``models/``."""
-    env = os.environ.get("EDGETUNE_MODELS")
-    return (Path(env) if env else shipped_dir("models")) / TEACHER_FILE
+    return default_model_dir() / TEACHER_FILE
 
 
 def _known_token(name: str, token: str) -> None:

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.predict.errors import ModelFileError
+from agent.predict.model_files import CONFIDENCE_FILE
 from agent.predict.ranking import RankingFeatures
 
 __all__ = ["CONFIDENCE_FILE", "Calibration"]
 
-CONFIDENCE_FILE = "confidence.json"
 
 
 @dataclass(frozen=True)

@@ -32,27 +32,17 @@ from agent.errors import EdgetuneError
 from agent.kernels.features import KernelFeatures, SourceFeatures, kernel_features
 from agent.kernels.space import Config, Space, config_key
 from agent.kernels.spec import KernelSpec
-from agent.predict.confidence import CONFIDENCE_FILE, Calibration
+from agent.predict.confidence import Calibration
 from agent.predict.cost_features import config_features
 from agent.predict.cost_model import CostModel
 from agent.predict.errors import ModelFileError
 from agent.predict.local_model import LocalModel
+from agent.predict.model_files import CONFIDENCE_FILE, COST_MODEL_FILE, STUDENT_FILE, default_model_dir
 from agent.predict.prompt import ConfigCodec, HardwareDesc, KernelDesc, hardware_desc, kernel_desc, prompt_tokens
 from agent.predict.ranking import CANDIDATES, RankingFeatures, blend_order, ranking_features
 from agent.predict.vocab import vocabulary
-from agent.resources import shipped_dir
 
 __all__ = ["COST_MODEL_FILE", "STUDENT_FILE", "Candidate", "Prediction", "Predictor", "default_model_dir"]
-
-STUDENT_FILE = "edgetune-student-q4_0.gguf"
-COST_MODEL_FILE = "edgetune-cost.onnx"
-
-
-def default_model_dir() -> Path:
-    """``$EDGETUNE_MODELS`` if set, else the ``models/`` folder beside the package (a source checkout)."""
-    env = os.environ.get("EDGETUNE_MODELS")
-    return Path(env) if env else shipped_dir("models")
-
 
 @dataclass(frozen=True)
 class Candidate:

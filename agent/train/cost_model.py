@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from agent.predict.cost_features import FEATURE_COUNT, FEATURE_VERSION, config_features
+from agent.predict.model_files import COST_MODEL_FILE
 from agent.train.cases import Case
 
 __all__ = ["COST_MODEL_FILE", "export_onnx", "fit_cost_model"]
 
-COST_MODEL_FILE = "edgetune-cost.onnx"
 HIDE_NAME_SHARE = 0.25
 
 

@@ -27,12 +27,13 @@ import numpy as np
 from agent.predict.cost_features import config_features
 from agent.predict.cost_model import CostModel
 from agent.predict.local_model import LocalModel
+from agent.predict.model_files import COST_MODEL_FILE
 from agent.predict.ranking import CANDIDATES, blend_order, ranking_features
 from agent.predict.vocab import vocabulary
 from agent.train import baselines
 from agent.train.calibrate import calibrate
 from agent.train.cases import Case, load_cases
-from agent.train.cost_model import COST_MODEL_FILE, export_onnx, fit_cost_model
+from agent.train.cost_model import export_onnx, fit_cost_model
 from agent.train.fit import TrainRun, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
 from agent.train.model import Decoder

@@ -27,18 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from agent.predict.model_files import COST_MODEL_FILE, STUDENT_FILE, TEACHER_FILE
 from agent.predict.vocab import vocabulary
 from agent.train.baselines import order_metrics
 from agent.train.cases import Case, load_cases
-from agent.train.cost_model import COST_MODEL_FILE, export_onnx, fit_cost_model
+from agent.train.cost_model import export_onnx, fit_cost_model
 from agent.train.fit import TrainRun, score_case, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
 from agent.train.model import Decoder
 
 __all__ = ["STUDENT_FILE", "TEACHER_FILE", "train_and_export", "train_cost_model"]
 
-STUDENT_FILE = "edgetune-student-q4_0.gguf"
-TEACHER_FILE = "edgetune-teacher-q8_0.gguf"
 AGREEMENT_CASES = 24
 
 

@@ -1,0 +1,64 @@
+"""The model folder's file names, where the folder is, and the version of what is in it.
+
+Light on purpose (no numpy, no llama.cpp): ``edgetune status`` and the update hook read the
+model version without loading a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from agent.resources import shipped_dir
+
+__all__ = ["CONFIDENCE_FILE", "COST_MODEL_FILE", "STUDENT_FILE", "TEACHER_FILE", "default_model_dir",
+           "model_version"]
+
+STUDENT_FILE = "edgetune-student-q4_0.gguf"
+TEACHER_FILE = "edgetune-teacher-q8_0.gguf"
+COST_MODEL_FILE = "edgetune-cost.onnx"
+CONFIDENCE_FILE = "confidence.json"
+
+# The files whose contents decide what the device's model strategy proposes.
+_PREDICTION_FILES = (STUDENT_FILE, COST_MODEL_FILE, CONFIDENCE_FILE)
+
+
+def default_model_dir() -> Path:
+    """``$EDGETUNE_MODELS`` if set, else the shipped ``models/`` folder (a checkout's or the venv's)."""
+    env = os.environ.get("EDGETUNE_MODELS")
+    return Path(env) if env else shipped_dir("models")
+
+
+def model_version(model_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """12 hex digits of SHA-256 over the prediction files (student, cost model, calibration); None without a student.
+
+    Tuning results proposed by the model record it, so a model update can mark them stale.
+    """
+    folder = Path(model_dir) if model_dir is not None else default_model_dir()
+    stamps = []
+    for name in _PREDICTION_FILES:
+        try:
+            stat = (folder / name).stat()
+        except OSError:
+            stamps.append((name, -1, -1))
+            continue
+        stamps.append((name, stat.st_size, stat.st_mtime_ns))
+    if stamps[0][1] < 0:
+        return None
+    return _digest(str(folder.resolve()), tuple(stamps))
+
+
+@lru_cache(maxsize=8)
+def _digest(folder: str, stamps: tuple[tuple[str, int, int], ...]) -> str:
+    """Hash the files' contents; cached while their sizes and modification times stay the same."""
+    digest = hashlib.sha256()
+    for name, size, _ in stamps:
+        if size < 0:
+            continue
+        digest.update(name.encode() + b"\0")
+        with open(Path(folder) / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
