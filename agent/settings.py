@@ -1,11 +1,13 @@
 """Settings parsed once at start-up from the environment; nothing deeper reads os.environ.
 
+``[paths]`` is a table of the config file (``EDGETUNE_CONFIG``), used where the variable is unset.
+
 | variable            | meaning                                   | default                                   |
 |---------------------|-------------------------------------------|-------------------------------------------|
-| ``EDGETUNE_DB``     | the SQLite store                          | ``$XDG_STATE_HOME/edgetune/edgetune.db``  |
-| ``EDGETUNE_CACHE``  | compiled candidates and probe programs    | ``$XDG_CACHE_HOME/edgetune``              |
+| ``EDGETUNE_DB``     | the SQLite store              | ``[paths] db``, else ``$XDG_STATE_HOME/edgetune/edgetune.db`` |
+| ``EDGETUNE_CACHE``  | compiled candidates, probe programs | ``[paths] cache``, else ``$XDG_CACHE_HOME/edgetune`` |
 | ``CC``              | the C compiler                            | ``cc``                                    |
-| ``EDGETUNE_MODELS`` | folder of the model files                 | the shipped ``models/``                   |
+| ``EDGETUNE_MODELS`` | folder of the model files                 | ``[paths] models``, else the shipped ``models/`` |
 | ``EDGETUNE_CLOUD_URL``   | ranking service asked at low confidence | none (never asked)                 |
 | ``EDGETUNE_CLOUD_KIND``  | ``fleet`` or ``openai`` (completions)   | ``fleet``                          |
 | ``EDGETUNE_CLOUD_TOKEN`` | bearer token for it (kept out of argv)  | none                               |
@@ -31,7 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEFAULT_CONFIG", "FleetSettings", "Settings"]
+__all__ = ["DEFAULT_CONFIG", "FleetSettings", "Settings", "config_path", "config_section"]
 
 DEFAULT_CONFIG = Path("/etc/edgetune/config.toml")
 
@@ -49,15 +51,30 @@ class Settings:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the environment; where a path variable is unset, ``[paths]`` of the config file (the
+        Debian package's ``/etc/edgetune/config.toml`` points there at ``/var/lib/edgetune``)."""
         env = os.environ if environ is None else environ
         home = Path.home()
         state = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state")
         cache = Path(env.get("XDG_CACHE_HOME") or home / ".cache")
+        paths: Mapping[str, object] = {}
+        if not (env.get("EDGETUNE_DB") and env.get("EDGETUNE_CACHE") and env.get("EDGETUNE_MODELS")):
+            config = config_path(env)
+            paths = config_section(config, "paths") or {}
+            for key, value in paths.items():
+                if key not in ("db", "cache", "models") or not isinstance(value, str) or not value:
+                    raise ConfigError(f"[paths] of {config}: {key} is not one of db, cache, models "
+                                      "with a path as a string")
+
+        def path(variable: str, key: str, default: Path | None) -> Path | None:
+            value = env.get(variable) or paths.get(key)
+            return Path(str(value)) if value else default
+
         return cls(
-            db_path=Path(env["EDGETUNE_DB"]) if env.get("EDGETUNE_DB") else state / "edgetune" / "edgetune.db",
-            cache_dir=Path(env["EDGETUNE_CACHE"]) if env.get("EDGETUNE_CACHE") else cache / "edgetune",
+            db_path=path("EDGETUNE_DB", "db", state / "edgetune" / "edgetune.db"),
+            cache_dir=path("EDGETUNE_CACHE", "cache", cache / "edgetune"),
             compiler=env.get("CC") or "cc",
-            models_dir=Path(env["EDGETUNE_MODELS"]) if env.get("EDGETUNE_MODELS") else None,
+            models_dir=path("EDGETUNE_MODELS", "models", None),
             cloud_url=env.get("EDGETUNE_CLOUD_URL") or None,
             cloud_kind=env.get("EDGETUNE_CLOUD_KIND") or "fleet",
             cloud_token=env.get("EDGETUNE_CLOUD_TOKEN") or None,
@@ -83,8 +100,8 @@ class FleetSettings:
         url, token = env.get("EDGETUNE_FLEET_URL") or None, env.get("EDGETUNE_FLEET_TOKEN") or None
         source = "EDGETUNE_FLEET_URL/EDGETUNE_FLEET_TOKEN"
         if url is None and token is None:
-            path = Path(env.get("EDGETUNE_CONFIG") or DEFAULT_CONFIG)
-            section = _config_section(path, "fleet")
+            path = config_path(env)
+            section = config_section(path, "fleet")
             if section is None:
                 return None
             url, token, source = section.get("url"), section.get("token"), f"[fleet] of {path}"
@@ -95,7 +112,13 @@ class FleetSettings:
         return cls(url=url.rstrip("/"), token=token)
 
 
-def _config_section(path: Path, name: str) -> Mapping[str, object] | None:
+def config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The TOML config file: ``$EDGETUNE_CONFIG``, else ``/etc/edgetune/config.toml``."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("EDGETUNE_CONFIG") or DEFAULT_CONFIG)
+
+
+def config_section(path: Path, name: str) -> Mapping[str, object] | None:
     """One table of the TOML config file; None when the file or the table does not exist."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
