@@ -13,6 +13,7 @@ boundary where they happen, with ``raise XError(msg) from exc``::
     ├── ToolchainError       the C compiler is missing or unusable
     ├── ProbeError           the hardware probe or a profile file failed
     ├── StoreError           the SQLite store cannot be opened or written
+    │   └── StoreBusy        another process holds the store's lock past the timeout
     ├── FleetError           the fleet service or its database refused, or cannot be reached
     └── WorkerError          the benchmark worker could not be started
 """
@@ -28,6 +29,7 @@ __all__ = [
     "ProbeError",
     "ShapeError",
     "SpecError",
+    "StoreBusy",
     "StoreError",
     "ToolchainError",
     "WorkerError",
@@ -69,6 +71,10 @@ class ProbeError(EdgetuneError):
 
 class StoreError(EdgetuneError):
     """The SQLite store cannot be opened, migrated or written."""
+
+
+class StoreBusy(StoreError):
+    """Another process held the store's write lock past the timeout: try again later."""
 
 
 class FleetError(EdgetuneError):

@@ -13,7 +13,13 @@ Tables (status values follow the T4 tuning-results vocabulary):
 - ``best``     per (device, kernel key, shape, target): the current best configuration
 - ``outbox``   telemetry records (runs, finished tunings) waiting for ``edgetune upload``
 - ``dead_letter`` records the fleet refused, with its reason (kept, never resent)
-- ``store_info`` this store's random id (part of every telemetry record key)
+- ``store_info`` this store's random id (part of every telemetry record key); the daemon's state
+  and last upload, for ``edgetune status``
+- ``queue``    tuning requests (from the daemon's start-up check, hooks, the CLI), worked in order
+
+A ``best`` row is only as good as what it was measured with: the kernel's source (its key), the
+compiler (``tunings.compiler``), the model that proposed it (``tunings.model_version``) and the
+hardware (the device fingerprint). ``best.stale`` names the dependency that changed since.
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from agent.errors import StoreError
+from agent.errors import StoreBusy, StoreError
 from agent.kernels.space import config_key
 
-__all__ = ["INVALIDITY", "RunRecord", "Store", "utc_now"]
+__all__ = ["INVALIDITY", "QUEUE_STATES", "RunRecord", "Store", "utc_now"]
 
 # T4's "invalidity" vocabulary: why a configuration has no valid time.
 INVALIDITY = ("correct", "compile", "runtime", "timeout", "correctness", "constraints")
@@ -115,6 +121,23 @@ def m004_outbox(db: sqlite_utils.Database) -> None:
     db["outbox"].create_index(["key"], unique=True)
     db["dead_letter"].create({"id": int, "key": str, "kind": str, "payload": str, "reason": str,
                               "failed_at": str}, pk="id")
+
+
+@migrations()
+def m005_daemon(db: sqlite_utils.Database) -> None:
+    # What a result depends on beyond kernel key, compiler and device: the model that proposed it.
+    # best.stale: why a stored best no longer matches what it was measured with (None: it does).
+    db["tunings"].add_column("model_version", str)
+    db["best"].add_column("stale", str)
+    db["queue"].create({"id": int, "kernel": str, "kernel_path": str, "shape": str, "target": str,
+                        "reason": str, "requested_by": str, "state": str, "requested_at": str,
+                        "started_at": str, "finished_at": str, "tuning_id": int, "error": str},
+                       pk="id", not_null={"kernel", "shape", "target", "state"})
+    # One waiting request per case: a hook that runs twice (power loss, a retry) queues nothing new.
+    db.execute("create unique index queue_waiting on queue (kernel, shape, target) where state = 'queued'")
+
+
+QUEUE_STATES = ("queued", "running", "done", "failed")
 
 
 def utc_now() -> str:
@@ -207,6 +230,12 @@ def _export_filters(tuning_id: int | None, kernels: Sequence[str], origin: str |
     return " and ".join(clauses), params
 
 
+def _store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """StoreBusy when another process held the lock past the timeout (worth a retry), else StoreError."""
+    busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+    return (StoreBusy if busy else StoreError)(f"{what}: {exc}")
+
+
 class Store:
     """The device's tuning database. Open with ``Store.open(path)``; use as a context manager."""
 
@@ -216,21 +245,24 @@ class Store:
         self._store_id: str | None = None  # store_info's, read once: it never changes
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
-        """Open (creating if needed) and migrate the store at ``path``."""
+    def open(cls, path: str | Path, *, lock_timeout_s: float = 30.0) -> Store:
+        """Open (creating if needed) and migrate the store at ``path``.
+
+        A write waits up to ``lock_timeout_s`` for another process's lock, then raises StoreBusy.
+        """
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), timeout=30.0)
+            conn = sqlite3.connect(str(path), timeout=lock_timeout_s)
             db = sqlite_utils.Database(conn)
-            db.execute("PRAGMA busy_timeout = 30000")
+            db.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s * 1000)}")
             db.enable_wal()
             # Safe with WAL: power loss may drop the last commits, never corrupt the file.
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
             migrations.apply(db)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the store at {path}: {exc}") from None
+            raise _store_error(f"cannot open the store at {path}", exc) from None
         except OSError as exc:
             raise StoreError(f"cannot create the store at {path}: {exc.strerror or exc}") from None
         return cls(db, path)
@@ -251,7 +283,7 @@ class Store:
             with self.db.atomic():
                 yield self.db
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot write to the store at {self.path}: {exc}") from None
+            raise _store_error(f"cannot write to the store at {self.path}", exc) from None
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -281,14 +313,14 @@ class Store:
 
     def start_tuning(self, *, device: str, kernel_key: str, kernel: str, shape: str, target: str,
                      compiler: str, strategy: str, budget: str, seed: int, cores: int | None = None,
-                     origin: str = "measured") -> int:
+                     origin: str = "measured", model_version: str | None = None) -> int:
         with self._write() as db:
             table = db["tunings"]
             table.insert({
                 "device": device, "kernel_key": kernel_key, "kernel": kernel, "shape": shape,
                 "target": target, "compiler": compiler, "strategy": strategy, "budget": budget,
                 "seed": seed, "state": "running", "started_at": utc_now(), "cores": cores,
-                "origin": origin,
+                "origin": origin, "model_version": model_version,
             })
             return int(table.last_pk)
 
@@ -370,7 +402,7 @@ class Store:
                 "config": config_key(winner_config),
                 "config_json": json.dumps(dict(winner_config), sort_keys=True),
                 "median_s": winner_median_s, "speedup": speedup, "run_id": winner_run,
-                "tuning_id": tuning_id, "updated_at": now,
+                "tuning_id": tuning_id, "updated_at": now, "stale": None,
             }, pk=("device", "kernel_key", "shape", "target"))
 
     def fail_tuning(self, tuning_id: int, state: str) -> None:
@@ -410,6 +442,88 @@ class Store:
                     for row in db.query(f"select key, kind, payload from outbox where key in ({marks}) order by id",
                                         chunk) if row["key"] in rejected)
                 db.execute(f"delete from outbox where key in ({marks})", chunk)
+
+    def prune_outbox(self, max_records: int) -> int:
+        """Drop the oldest outbox records beyond ``max_records`` (no fleet to send them to); returns how many.
+
+        Only telemetry copies go: the runs and tunings themselves stay in their tables.
+        """
+        with self._write() as db:
+            cursor = db.execute("delete from outbox where id not in (select id from outbox order by id desc limit ?)",
+                                [max_records])
+            return cursor.rowcount
+
+    # -- staleness, the request queue, daemon state ------------------------------------------
+
+    def best_dependencies(self, device: str) -> list[dict[str, Any]]:
+        """This device's best rows with what they were measured with (compiler, strategy, model, kernel origin)."""
+        return list(self.db.query(
+            "select b.device, b.kernel_key, b.shape, b.target, b.kernel, b.stale, b.speedup, b.median_s, "
+            "t.compiler, t.strategy, t.model_version, k.origin as kernel_path "
+            "from best b left join tunings t on t.id = b.tuning_id left join kernels k on k.key = b.kernel_key "
+            "where b.device = ? order by b.kernel, b.shape, b.target", [device]))
+
+    def mark_stale(self, device: str, kernel_key: str, shape: str, target: str, reason: str | None) -> None:
+        """Say why a best row no longer matches what it was measured with (None: it matches again).
+
+        A stale row stays usable until a new tuning replaces it."""
+        with self._write() as db:
+            db.execute("update best set stale = ? where device = ? and kernel_key = ? and shape = ? and target = ?",
+                       [reason, device, kernel_key, shape, target])
+
+    def queue_request(self, *, kernel: str, kernel_path: str | None, shape: str, target: str, reason: str,
+                      requested_by: str) -> bool:
+        """Queue a tuning request; False when the same case is already waiting (so re-running a hook is harmless)."""
+        with self._write() as db:
+            cursor = db.execute(
+                "insert or ignore into queue (kernel, kernel_path, shape, target, reason, requested_by, state, "
+                "requested_at) values (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                [kernel, kernel_path, shape, target, reason, requested_by, utc_now()])
+            return cursor.rowcount == 1
+
+    def next_request(self) -> dict[str, Any] | None:
+        """Claim the oldest waiting request (it becomes ``running``); None when nothing waits."""
+        with self._write() as db:
+            row = next(db.query("select * from queue where state = 'queued' order by id limit 1"), None)
+            if row is None:
+                return None
+            db.execute("update queue set state = 'running', started_at = ? where id = ?", [utc_now(), row["id"]])
+            return {**row, "state": "running"}
+
+    def finish_request(self, request_id: int, *, state: str, tuning_id: int | None = None, error: str = "") -> None:
+        """Close a claimed request: ``done``, ``failed`` (with the error), or ``queued`` again (interrupted)."""
+        if state not in QUEUE_STATES:
+            raise ValueError(f"queue state {state!r} is not one of {QUEUE_STATES}")
+        with self._write() as db:
+            if state == "queued":
+                # Back in line at its old place, unless the same case was queued again meanwhile.
+                db.execute("update or ignore queue set state = 'queued', started_at = null where id = ?",
+                           [request_id])
+                db.execute("delete from queue where id = ? and state = 'running'", [request_id])
+                return
+            db.execute("update queue set state = ?, finished_at = ?, tuning_id = ?, error = ? where id = ?",
+                       [state, utc_now(), tuning_id, error or None, request_id])
+
+    def recover_interrupted(self) -> int:
+        """After a crash or kill -9 of the daemon: the requests it had claimed wait again."""
+        running = [row["id"] for row in self.db.query("select id from queue where state = 'running'")]
+        for request_id in running:
+            self.finish_request(request_id, state="queued")
+        return len(running)
+
+    def queue(self, *, states: Sequence[str] = ("queued", "running"), limit: int = 100) -> list[dict[str, Any]]:
+        marks = ", ".join("?" * len(states))
+        return list(self.db.query(f"select * from queue where state in ({marks}) order by id limit ?",
+                                  [*states, limit]))
+
+    def set_info(self, name: str, value: Mapping[str, Any]) -> None:
+        """Keep a small JSON record in ``store_info`` (the daemon's state, the last upload)."""
+        with self._write() as db:
+            db["store_info"].upsert({"name": name, "value": json.dumps(dict(value), sort_keys=True)}, pk="name")
+
+    def info(self, name: str) -> dict[str, Any] | None:
+        row = next(self.db.query("select value from store_info where name = ?", [name]), None)
+        return json.loads(row["value"]) if row else None
 
     def device_profile(self, fingerprint: str) -> dict[str, Any]:
         """The stored hardware profile of a device ({} when unknown)."""

@@ -31,6 +31,7 @@ from agent.hardware import HardwareProfile
 from agent.hardware.targets import target_vector_bits
 from agent.kernels.problem import Problem
 from agent.kernels.space import Config, Space, config_key
+from agent.predict.model_files import model_version
 from agent.search import get_strategy
 from agent.store import RunRecord, Store
 
@@ -358,7 +359,8 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, toolchain:
     tuning_id = store.start_tuning(device=device, kernel_key=spec.key, kernel=spec.name,
                                    shape=problem.key, target=toolchain.target,
                                    compiler=toolchain.version, strategy=strategy,
-                                   budget=str(options.budget), seed=options.seed)
+                                   budget=str(options.budget), seed=options.seed,
+                                   model_version=model_version(options.models) if strategy == "model" else None)
     flush, flush_bytes = flush_bytes_for(problem, profile, options.cache)
     measure = replace(options.measure, flush=flush)
     options = replace(options, measure=measure)

@@ -30,7 +30,7 @@ def test_migrations_are_recorded_and_reopening_keeps_data(db_path: Path):
         assert store.count("runs") == 1
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
         assert applied == ["m001_initial", "m002_cores_and_imports", "m003_prediction",
-                           "m004_outbox"]
+                           "m004_outbox", "m005_daemon"]
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -135,3 +135,53 @@ def test_a_store_from_before_the_outbox_upgrades_and_keeps_its_runs(db_path: Pat
         assert store.count("runs") == 1 and store.count("outbox") == 0  # nothing is backfilled
         store.add_run(run(1))
         assert store.count("outbox") == 1
+
+
+def test_a_store_from_before_the_daemon_upgrades_and_keeps_its_best(db_path: Path):
+    with Store.open(db_path) as store:
+        tuning = start(store)
+        run_id = store.add_run(run(tuning))
+        store.finish_tuning(tuning, evaluations=1, wall_s=1.0, winner_run=run_id, winner_config={"A": 1},
+                            winner_median_s=2.0, default_median_s=2.0, speedup=1.0, tie=False)
+        store.db.execute("DROP INDEX queue_waiting")
+        store.db["queue"].drop()
+        store.db.execute("ALTER TABLE best DROP COLUMN stale")
+        store.db.execute("ALTER TABLE tunings DROP COLUMN model_version")
+        store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm005_daemon'")
+        store.db.conn.commit()
+    with Store.open(db_path) as store:
+        rows = store.best_dependencies("dev")
+        found = [(r["kernel"], r["stale"], r["compiler"], r["model_version"]) for r in rows]
+        assert found == [("k", None, "cc 12", None)]
+        assert store.queue() == []
+
+
+def test_the_queue_keeps_one_waiting_request_per_case_and_gives_them_out_in_order(store: Store):
+    case = dict(kernel_path=None, target="native", reason="test", requested_by="test")
+    assert store.queue_request(kernel="a", shape="N=1", **case)
+    assert not store.queue_request(kernel="a", shape="N=1", **case)  # a second hook run adds nothing
+    assert store.queue_request(kernel="b", shape="N=1", **case)
+    first = store.next_request()
+    assert first["kernel"] == "a" and first["state"] == "running"
+    assert store.queue_request(kernel="a", shape="N=1", **case)  # running is not waiting: a new request is taken
+    store.finish_request(first["id"], state="queued")  # interrupted, but a newer request for it waits already
+    assert [(r["kernel"], r["state"]) for r in store.queue()] == [("b", "queued"), ("a", "queued")]
+    second = store.next_request()
+    assert second["kernel"] == "b"
+    assert store.recover_interrupted() == 1  # after a kill -9 the claimed request waits again
+    assert [r["kernel"] for r in store.queue(states=("queued",))] == ["b", "a"]
+    done = store.next_request()
+    store.finish_request(done["id"], state="done", tuning_id=7)
+    assert store.queue(states=("done",))[0]["tuning_id"] == 7
+    with pytest.raises(ValueError):
+        store.finish_request(done["id"], state="finished")
+
+
+def test_pruning_the_outbox_keeps_the_newest_records_and_every_run(store: Store):
+    tuning = start(store)
+    for _ in range(5):
+        store.add_run(run(tuning))
+    assert store.prune_outbox(2) == 3
+    assert store.count("outbox") == 2 and store.count("runs") == 5
+    keys = [row["key"] for row in store.outbox_batch(10)]
+    assert [key.rsplit(":", 1)[1] for key in keys] == ["4", "5"]
