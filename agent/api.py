@@ -48,6 +48,7 @@ class BestConfig:
     tuning_id: int | None = None  # stored: the tuning that found it
     confidence: float | None = None  # model: calibrated P(top 5 within 5% of the optimum)
     reason: str = ""  # why a better source was not used
+    stale: str | None = None  # stored: why it no longer matches what it was measured with (a re-tuning is due)
 
 
 @lru_cache(maxsize=4)
@@ -116,7 +117,7 @@ def best_config(kernel: str | KernelSpec, shape: str | Mapping[str, int] | None 
                 if row["kernel_key"] == spec.key and row["shape"] == problem.key and row["target"] == target:
                     return BestConfig(config=json.loads(row["config_json"]), source="stored",
                                       median_s=row["median_s"], speedup=row["speedup"], tuning_id=row["tuning_id"],
-                                      **common)
+                                      stale=row["stale"], **common)
         reasons.append("nothing stored for this device, kernel version, shape and target")
     else:
         reasons.append(f"no store at {settings.db_path}")

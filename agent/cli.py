@@ -2,7 +2,8 @@
 
 Only this module turns errors into messages: an :class:`EdgetuneError` becomes one line
 on stderr and exit status 1; an unexpected exception becomes one line naming it and exit
-status 70 (``--debug`` shows the traceback); Ctrl-C exits 130. Tables go to stdout;
+status 70 (``--debug`` shows the traceback); a store locked by another process exits 75
+(EX_TEMPFAIL: try again later); Ctrl-C exits 130. Tables go to stdout;
 progress goes to stderr, only on a terminal, and never with ``--json``.
 """
 
@@ -23,11 +24,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent.errors import ConfigError, EdgetuneError
+from agent.errors import ConfigError, EdgetuneError, StoreBusy
 from agent.settings import Settings
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 70
+EXIT_TEMPFAIL = 75  # the store is locked by another process: try again later
 EXIT_INTERRUPTED = 130
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -213,7 +215,7 @@ def best(obj: _Context, kernel: str | None, as_json: bool) -> None:
     """Show the best stored configuration per kernel, shape and target on each device."""
     with obj.open_store() as store:
         rows = store.best(kernel=kernel)
-    columns = ["kernel", "shape", "target", "config", "median_s", "speedup", "device", "updated_at"]
+    columns = ["kernel", "shape", "target", "config", "median_s", "speedup", "device", "updated_at", "stale"]
     _emit(rows, as_json, title="Best configurations", columns=columns)
 
 
@@ -660,6 +662,191 @@ def upload(obj: _Context, batch_size: int, as_json: bool) -> None:
                f"{result.remaining} left")
 
 
+# -- the daemon and what updaters and admins call ------------------------------------------
+
+
+def _as_store_owner(settings: Settings) -> None:
+    """Root (an updater, an admin) acts as the service user that owns the store's folder."""
+    from agent.daemon.privileges import drop_to_store_owner
+
+    drop_to_store_owner(settings.db_path)
+
+
+@cli.command()
+@click.option("--no-bandwidth", is_flag=True, help="Skip the memory-bandwidth measurement at start-up.")
+@click.pass_obj
+def daemon(obj: _Context, no_bandwidth: bool) -> None:
+    """Run the on-device agent until SIGTERM (systemd's edgetune.service runs this).
+
+    Probes the hardware, checks stored results against what they depend on (compiler, kernel
+    sources, model, hardware), tunes what is stale or missing from the [daemon] preset, most
+    important first, then works the queue and uploads telemetry to the fleet when one is
+    configured. Runs niced with idle I/O and pauses while other processes keep the CPUs busy.
+    Speaks systemd's notify protocol (READY, STATUS, WATCHDOG, STOPPING). SIGHUP reloads
+    the config file (EDGETUNE_CONFIG, default /etc/edgetune/config.toml); SIGUSR1 looks at the
+    queue at once.
+    """
+    from agent.daemon.config import DaemonSettings
+    from agent.daemon.service import run_daemon
+    from agent.settings import FleetSettings
+
+    _as_store_owner(obj.settings)
+    DaemonSettings.load()  # a bad config file is a one-line error before anything starts
+    FleetSettings.from_environ()
+    sys.exit(run_daemon(obj.settings, measure_bandwidth=not no_bandwidth))
+
+
+@cli.group()
+def hook() -> None:
+    """Hooks for firmware updaters (packaging/hooks has ready-made Mender, RAUC and SWUpdate scripts)."""
+
+
+@hook.command("post-update")
+@click.option("--wait", is_flag=True, help="Tune what is stale now instead of leaving it to the daemon.")
+@click.option("--budget", "budget", metavar="DURATION", help="With --wait: stop after this long (90s, 10m).")
+@click.option("--lock-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for the store's lock before exiting 75.")
+@json_option
+@click.pass_obj
+def hook_post_update(obj: _Context, wait: bool, budget: str | None, lock_timeout: float, as_json: bool) -> None:
+    """Check stored results against what they depend on after an update; queue the stale ones.
+
+    Compares each stored best configuration's compiler version, kernel source hash, model
+    version and hardware fingerprint with this device now, marks mismatches stale, and
+    queues their re-tuning (and the preset's layers that have no result) for the daemon.
+    Safe to run again at any time.
+
+    \b
+    Exit codes:
+      0   checked; nothing stale, or re-tuning queued (with --wait: done)
+      1   error (one line on stderr)
+      2   usage error
+      3   --wait: the budget ran out; the rest stays queued for the daemon
+      75  the store is busy (locked by another process): try again later
+    """
+    from agent.daemon.config import DaemonSettings, parse_duration
+    from agent.daemon.hook import post_update
+
+    if budget is not None and not wait:
+        raise click.UsageError("--budget needs --wait (without it the daemon does the work)")
+    budget_s = parse_duration(budget, "--budget") if budget is not None else None
+    _as_store_owner(obj.settings)
+    result = post_update(obj.settings, DaemonSettings.load(), wait=wait, budget_s=budget_s,
+                         lock_timeout_s=lock_timeout)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        report = result.report
+        for finding in report["stale"]:
+            click.echo(f"stale: {finding['kernel']} {finding['shape']} ({finding['target']}): {finding['reason']}")
+        for finding in report["missing"]:
+            click.echo(f"missing: {finding['kernel']} {finding['shape']}: {finding['reason']}")
+        for entry in result.tuned:
+            speedup = f"{entry['speedup']:.2f}x" if entry["speedup"] else "no speed-up"
+            click.echo(f"tuned: {entry['kernel']} {entry['shape']} ({entry['target']}): {speedup}")
+        for entry in result.failed:
+            click.echo(f"failed: {entry['kernel']} {entry['shape']} ({entry['target']}): {entry['error']}")
+        click.echo(f"{report['fresh']} result(s) up to date, {len(report['stale'])} stale, "
+                   f"{len(report['missing'])} missing; {report['queued']} newly queued, "
+                   f"{result.left} waiting "
+                   f"({result.seconds:.1f} s)")
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def status(obj: _Context, as_json: bool) -> None:
+    """Show what this device has tuned, what is queued, the daemon's state and the last upload (read-only)."""
+    from agent.daemon.status import read_status
+
+    _as_store_owner(obj.settings)
+    data = read_status(obj.settings)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    _print_status(data)
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    daemon, device, upload = data["daemon"], data["device"], data["last_upload"]
+    lines = [("store", data["store"] + ("" if data["store_exists"] else " (none yet: the daemon has not run)"))]
+    if device:
+        lines.append(("hardware", f"{device['fingerprint']} (checked {device['checked_at']})"))
+    if daemon:
+        running = "running" if daemon.get("running") else "not running"
+        detail = f": {daemon['detail']}" if daemon.get("detail") else ""
+        lines.append(("daemon", f"{running}, {daemon['state']}{detail} (since {daemon['since']}, pid {daemon['pid']})"))
+    else:
+        lines.append(("daemon", "has not run"))
+    layers = data["layers"]
+    if data["preset"]:
+        tuned = sum(1 for layer in layers if layer["state"] == "tuned")
+        lines.append(("preset", f"{data['preset']}: {tuned} of {len(layers)} layers tuned"))
+    results = data["results"]
+    lines.append(("results", f"{results['tuned']} up to date, {results['stale']} stale"))
+    queued = [q for q in data["queue"] if q["state"] == "queued"]
+    running = [q for q in data["queue"] if q["state"] == "running"]
+    lines.append(("queue", f"{len(queued)} queued, {len(running)} running"))
+    model = data["model"]
+    lines.append(("model", f"{model['version'] or 'none'} ({model['dir']})"))
+    if upload:
+        outcome = (f"{upload.get('sent', 0)} sent, {upload.get('accepted', 0)} accepted" if upload.get("ok")
+                   else f"failed: {upload.get('error')}")
+        lines.append(("last upload", f"{upload['at']}: {outcome}"))
+    else:
+        lines.append(("last upload", "never" + ("" if data["fleet"] else " (no fleet configured)")))
+    lines.append(("outbox", f"{data['outbox']} record(s) waiting, {data['dead_letter']} refused"))
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
+        click.echo(f"{name:<{width}}  {value}")
+    if layers:
+        _emit([{"layer": layer["label"], "kernel": layer["kernel"], "shape": layer["shape"], "state": layer["state"],
+                "speedup": layer["speedup"]} for layer in layers], False, title=f"Preset {data['preset']}")
+    if data["queue"]:
+        _emit(data["queue"], False, title="Queue", columns=["id", "kernel", "shape", "target", "state", "reason"])
+
+
+@cli.group()
+def queue() -> None:
+    """The daemon's tuning requests, worked oldest first."""
+
+
+@queue.command("add")
+@click.argument("kernel")
+@click.option("--shape", help="Problem size (M=..,N=..) or a named shape; default: the kernel's default.")
+@click.option("--target", default="native", show_default=True, help="Compiler -march target.")
+@click.pass_obj
+def queue_add(obj: _Context, kernel: str, shape: str | None, target: str) -> None:
+    """Ask the daemon to tune KERNEL (a name or a path to kernel.toml) at a shape."""
+    from agent.kernels.problem import parse_shape
+    from agent.kernels.registry import find_kernel
+
+    problem = parse_shape(find_kernel(kernel), shape)
+    _as_store_owner(obj.settings)
+    with obj.open_store() as store:
+        added = store.queue_request(kernel=problem.spec.name, kernel_path=str(problem.spec.directory),
+                                    shape=problem.key, target=target, reason="asked from the command line",
+                                    requested_by="cli")
+    click.echo(f"queued {problem.spec.name} {problem.key} ({target})" if added
+               else f"{problem.spec.name} {problem.key} ({target}) is already queued")
+
+
+@queue.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Also finished and failed requests.")
+@json_option
+@click.pass_obj
+def queue_list(obj: _Context, show_all: bool, as_json: bool) -> None:
+    """List queued and running requests (with --all, finished ones too)."""
+    from agent.store import QUEUE_STATES
+
+    with obj.open_store() as store:
+        rows = store.queue(states=QUEUE_STATES if show_all else ("queued", "running"), limit=1000)
+    _emit(rows, as_json, title="Queue", columns=["id", "kernel", "shape", "target", "state", "requested_by",
+                                                  "reason", "error"])
+
+
 @cli.group()
 def fleet() -> None:
     """The fleet service: collects telemetry from devices (needs the fleet extra: pip install edgetune[fleet]).
@@ -896,14 +1083,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # tuning session is marked interrupted, with every committed run kept.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="edgetune",
-                 standalone_mode=False)
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="edgetune",
+                        standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("edgetune: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except StoreBusy as exc:
+        click.echo(f"edgetune: error: {exc} (try again later)", err=True)
+        sys.exit(EXIT_TEMPFAIL)
     except EdgetuneError as exc:
         click.echo(f"edgetune: error: {exc}", err=True)
         sys.exit(EXIT_ERROR)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from agent.predict.predictor import Prediction, Predictor
     from agent.tuner import Evaluator
 
-__all__ = ["search"]
+__all__ = ["load_predictor", "release_predictors", "search"]
 
 FULL_SPACE_TO_CLOUD = 2048  # send the whole valid space to the cloud up to this size, else the local candidates
 _PREDICTORS: dict[tuple[str, str | None], Predictor] = {}
@@ -44,6 +44,13 @@ def load_predictor(models: Path | None, cache_dir: Path | None) -> Predictor:
     if key not in _PREDICTORS:
         _PREDICTORS[key] = Predictor(folder, cache_dir=cache_dir)
     return _PREDICTORS[key]
+
+
+def release_predictors() -> int:
+    """Forget the loaded predictors (the daemon frees their memory while idle); returns how many."""
+    count = len(_PREDICTORS)
+    _PREDICTORS.clear()
+    return count
 
 
 def _profile_dict(evaluator: Evaluator) -> dict[str, Any]:

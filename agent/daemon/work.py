@@ -1,0 +1,83 @@
+"""Working the request queue: one queued request becomes one tuning (the daemon and ``hook --wait``).
+
+The runner keeps what repeated tunings share (the toolchain per target, the loaded
+predictor) and lets the caller drop the predictor when idle to give its memory back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.bench.compile import Toolchain
+from agent.errors import EdgetuneError
+from agent.hardware import HardwareProfile
+from agent.kernels.problem import parse_shape
+from agent.settings import Settings
+from agent.store import Store
+from agent.tuner import Budget, CandidateResult, TuneOptions, TuneResult, tune
+
+from .dependencies import load_request_kernel
+
+__all__ = ["Outcome", "RequestRunner"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one request."""
+
+    request: dict[str, Any]
+    state: str  # done or failed
+    result: TuneResult | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+
+class RequestRunner:
+    """Turns queued requests into tunings on this device; reuse one for many requests."""
+
+    def __init__(self, settings: Settings, profile: HardwareProfile, *, evaluations: int = 5,
+                 cloud: Any = None) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.evaluations = evaluations
+        self.cloud = cloud
+        self._toolchains: dict[str, Toolchain] = {}
+
+    def toolchain(self, target: str) -> Toolchain:
+        if target not in self._toolchains:
+            self._toolchains[target] = Toolchain.detect(self.settings.compiler, target,
+                                                        cpu_tag=self.profile.fingerprint())
+        return self._toolchains[target]
+
+    def run(self, store: Store, request: dict[str, Any], *, seconds: float | None = None,
+            on_result: Callable[[CandidateResult, int], None] | None = None) -> Outcome:
+        """Tune one claimed request and close it in the queue; an error fails the request, not the caller.
+
+        ``seconds`` bounds the search (the final side-by-side measurement comes on top).
+        Interruptions (SIGTERM, Ctrl-C) propagate; the caller puts the request back in line.
+        """
+        started = time.monotonic()
+        try:
+            spec = load_request_kernel(request["kernel"], request["kernel_path"])
+            problem = parse_shape(spec, request["shape"])
+            options = TuneOptions(strategy="model", budget=Budget(evaluations=self.evaluations, seconds=seconds),
+                                  target=request["target"], models=self.settings.models_dir, cloud=self.cloud,
+                                  state_dir=self.settings.db_path.parent)
+            result = tune(problem, profile=self.profile, store=store, toolchain=self.toolchain(request["target"]),
+                          cache_dir=self.settings.cache_dir, options=options, on_result=on_result)
+        except EdgetuneError as exc:
+            store.finish_request(request["id"], state="failed", error=str(exc))
+            return Outcome(request, "failed", error=str(exc), seconds=time.monotonic() - started)
+        state = "done" if result.winner is not None else "failed"
+        error = "" if result.winner is not None else "no candidate ran correctly"
+        store.finish_request(request["id"], state=state, tuning_id=result.tuning_id, error=error)
+        return Outcome(request, state, result=result, error=error, seconds=time.monotonic() - started)
+
+    def release(self) -> None:
+        """Give back the loaded model's memory (it loads again, in milliseconds, for the next request)."""
+        from agent.search.model_guided import release_predictors
+
+        release_predictors()
