@@ -49,7 +49,8 @@ def write_config(path: Path, **daemon: object) -> Path:
 class DaemonProcess:
     """``edgetune daemon`` under a stand-in for systemd: its notify messages are collected in order."""
 
-    def __init__(self, tmp: Path, env: dict[str, str], *, watchdog_usec: int | None = None) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str], *, watchdog_usec: int | None = None,
+                 bandwidth: bool = False) -> None:
         self.socket_path = tmp / f"notify-{time.monotonic_ns()}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.socket_path))
@@ -62,8 +63,8 @@ class DaemonProcess:
         if watchdog_usec:
             full_env["WATCHDOG_USEC"] = str(watchdog_usec)
         with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen([sys.executable, "-m", "agent.cli", "daemon", "--no-bandwidth"],
-                                            env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
+            command = [sys.executable, "-m", "agent.cli", "daemon", *([] if bandwidth else ["--no-bandwidth"])]
+            self.process = subprocess.Popen(command, env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
         self._running = True
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

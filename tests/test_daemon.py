@@ -169,3 +169,43 @@ def test_a_bad_config_is_one_line_before_anything_starts(tmp_path, daemon_env):
     done = run_cli("daemon", env=daemon_env, timeout=60)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "poll_interval" in done.stderr
     assert not Path(daemon_env["EDGETUNE_DB"]).exists()
+
+
+def test_the_outbox_goes_to_the_fleet_periodically_and_a_dead_fleet_only_delays_it(tmp_path, daemon_env):
+    from tests.fleet_server import FleetServer
+
+    fleet = FleetServer(tmp_path / "fleet.db").start()
+    try:
+        token = run_cli("fleet", "add-device", "daemon-test", "--db", str(fleet.db), timeout=60).stdout.strip()
+        env = {**daemon_env, "EDGETUNE_FLEET_URL": fleet.url, "EDGETUNE_FLEET_TOKEN": token}
+        write_config(Path(env["EDGETUNE_CONFIG"]), preset=str(tmp_path / "tiny.toml"), poll_interval="1s",
+                     upload_interval="2s", busy_cpu_percent=100)
+        daemon = DaemonProcess(tmp_path, env)
+        try:
+            ready = daemon.wait_for(lambda m: m == "READY=1", 60)
+            daemon.wait_for(lambda m: m.startswith("STATUS=idle"), 120, after=ready)
+            deadline = time.monotonic() + 30
+            while "uploaded" not in daemon.log() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            with Store.open(Path(env["EDGETUNE_DB"])) as store:
+                runs, tunings = store.count("runs"), store.count("tunings")
+                assert store.info("last_upload")["ok"] is True
+            with fleet.operator() as client:
+                records = client.get("/v1/telemetry", params={"limit": 1000}).json()["records"]
+            assert len(records) == runs + tunings and runs > 0
+            fleet.kill()  # the fleet goes away: the daemon logs it and keeps running
+            queued = run_cli("queue", "add", "transpose", "--shape", "small", env=env, timeout=60)
+            assert queued.returncode == 0, queued.stderr
+            daemon.signal(signal.SIGUSR1)
+            daemon.wait_for(lambda m: m.startswith("STATUS=tuning transpose"), 60)
+            deadline = time.monotonic() + 60
+            while "upload failed" not in daemon.log() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "upload failed, will retry" in daemon.log() and daemon.process.poll() is None
+            assert daemon.stop()[0] == 0
+        finally:
+            daemon.close()
+        with Store.open(Path(env["EDGETUNE_DB"])) as store:
+            assert store.count("outbox") > 0 and store.info("last_upload")["ok"] is False
+    finally:
+        fleet.kill()

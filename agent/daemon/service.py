@@ -117,7 +117,7 @@ class Daemon:
         self.burst_deadline: float | None = None
         self.last_trickle = float("-inf")
         self.trickle_logged = False
-        self.next_upload = time.monotonic() + 30.0  # not in the middle of start-up
+        self.next_upload = time.monotonic() + min(30.0, self.config.upload_interval_s)  # not during start-up
         self.tuned_since_start = 0
 
     # -- the loop ---------------------------------------------------------------------------
