@@ -741,6 +741,8 @@ def hook_post_update(obj: _Context, wait: bool, budget: str | None, lock_timeout
             click.echo(f"stale: {finding['kernel']} {finding['shape']} ({finding['target']}): {finding['reason']}")
         for finding in report["missing"]:
             click.echo(f"missing: {finding['kernel']} {finding['shape']}: {finding['reason']}")
+        for problem in report["problems"]:
+            click.echo(f"skipped: {problem}")
         for entry in result.tuned:
             speedup = f"{entry['speedup']:.2f}x" if entry["speedup"] else "no speed-up"
             click.echo(f"tuned: {entry['kernel']} {entry['shape']} ({entry['target']}): {speedup}")

@@ -132,6 +132,20 @@ def test_the_preset_layers_without_results_are_queued_most_important_first(env, 
     assert code == 3 and report["left_queued"] >= 1
 
 
+def test_a_request_that_cannot_be_tuned_fails_alone_and_a_bad_preset_layer_is_skipped(env, tmp_path):
+    from tests.daemon_process import write_preset
+
+    preset = write_preset(tmp_path / "p.toml", [("nonesuch", "small", 2.0), ("gemv", "small", 1.0)])
+    write_config(Path(env["EDGETUNE_CONFIG"]), preset=str(preset))
+    with Store.open(env["EDGETUNE_DB"]) as store:  # a request whose shape no longer fits the kernel
+        store.queue_request(kernel="softmax", kernel_path=None, shape="C=0,R=0", target="native", reason="test",
+                            requested_by="test")
+    code, report = hook(env, "--wait")
+    assert code == 0 and len(report["problems"]) == 1 and "nonesuch" in report["problems"][0]
+    assert [t["kernel"] for t in report["tuned"]] == ["gemv"]
+    assert [f["kernel"] for f in report["failed"]] == ["softmax"] and report["left_queued"] == 0
+
+
 def test_a_locked_store_exits_75_and_usage_errors_exit_2(env, tmp_path):
     db = Path(env["EDGETUNE_DB"])
     Store.open(db).close()

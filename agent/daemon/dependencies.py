@@ -85,6 +85,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     cleared: int = 0  # rows that were stale and match again
     queued: int = 0
+    problems: list[str] = field(default_factory=list)  # preset layers that cannot be used (unknown kernel, shape)
 
     @property
     def stale(self) -> list[Finding]:
@@ -96,7 +97,8 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "fresh": self.fresh, "cleared": self.cleared, "queued": self.queued,
-                "stale": [f.to_dict() for f in self.stale], "missing": [f.to_dict() for f in self.missing]}
+                "stale": [f.to_dict() for f in self.stale], "missing": [f.to_dict() for f in self.missing],
+                "problems": list(self.problems)}
 
 
 def _stale_reason(row: dict[str, Any], current: Current) -> tuple[str | None, KernelSpec | None]:
@@ -145,7 +147,11 @@ def check(store: Store, current: Current, preset: Workload | None) -> Report:
         known = {(r["kernel_key"], r["shape"], r["target"]) for r in rows}
         layers = sorted(preset.layers, key=lambda layer: -layer.weight)  # most important first (stable)
         for layer in layers:
-            problem = layer.problem()
+            try:
+                problem = layer.problem()
+            except EdgetuneError as exc:  # one bad layer must not stop the others
+                report.problems.append(f"preset {preset.name}, {layer.label}: {exc}")
+                continue
             case = (problem.spec.key, problem.key, "native")
             if case in fresh_cases:
                 continue

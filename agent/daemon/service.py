@@ -288,6 +288,8 @@ class Daemon:
             log(f"hardware changed since the last start ({previous.get('fingerprint')} -> {device})")
         for finding in report.findings:
             log(f"{finding.kind}: {finding.kernel} {finding.shape} ({finding.target}): {finding.reason}")
+        for problem in report.problems:
+            log(f"skipped: {problem}")
         if report.queued:
             log(f"queued {report.queued} tuning request(s); {report.fresh} stored result(s) are up to date")
 

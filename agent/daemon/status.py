@@ -61,10 +61,15 @@ def _preset_layers(preset: str | None, rows: list[dict[str, Any]], queue: list[d
 
     if not preset:
         return []
+    try:
+        problems = find_workload(preset).problems()
+    except EdgetuneError as exc:
+        return [{"label": "(preset unusable)", "kernel": "-", "shape": "-", "state": f"error: {exc}",
+                 "speedup": None, "stale": None}]
     best = {(r["kernel_key"], r["shape"], r["target"]): r for r in rows}
     waiting = {(q["kernel"], q["shape"], q["target"]): q["state"] for q in queue}
     layers = []
-    for layer, problem in find_workload(preset).problems():
+    for layer, problem in problems:
         row = best.get((problem.spec.key, problem.key, "native"))
         state = waiting.get((problem.spec.name, problem.key, "native"))
         if state is None:

@@ -68,9 +68,10 @@ class RequestRunner:
                                   state_dir=self.settings.db_path.parent)
             result = tune(problem, profile=self.profile, store=store, toolchain=self.toolchain(request["target"]),
                           cache_dir=self.settings.cache_dir, options=options, on_result=on_result)
-        except EdgetuneError as exc:
-            store.finish_request(request["id"], state="failed", error=str(exc))
-            return Outcome(request, "failed", error=str(exc), seconds=time.monotonic() - started)
+        except Exception as exc:  # a request that breaks must not stop the queue, nor loop the service
+            error = str(exc) if isinstance(exc, EdgetuneError) else f"internal error: {type(exc).__name__}: {exc}"
+            store.finish_request(request["id"], state="failed", error=error)
+            return Outcome(request, "failed", error=error, seconds=time.monotonic() - started)
         state = "done" if result.winner is not None else "failed"
         error = "" if result.winner is not None else "no candidate ran correctly"
         store.finish_request(request["id"], state=state, tuning_id=result.tuning_id, error=error)
