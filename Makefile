@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.10, a C compiler with OpenMP, cmake):
 #   make run    create .venv, install edgetune, probe this machine, tune the built-in GEMM
 #   make test   create .venv, install edgetune with its test tools, run the tests
+#   make deb    build dist/edgetune_<version>_<arch>.deb (packaging/build-deb.sh; Debian 12's python3)
 # llama-cpp-python compiles llama.cpp from source on install: 5-7 minutes on two cores the
 # first time; pip's wheel cache makes later installs quick.
 PYTHON ?= python3
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 # The multimodal (llava) part of llama.cpp is not needed and doubles the build.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: run test bench train eval lint clean
+.PHONY: run test bench train eval lint clean deb
 
 run: $(VENV)/.installed
 	$(BIN)/edgetune probe
@@ -43,6 +44,9 @@ $(VENV)/.installed: $(VENV)/.created pyproject.toml
 $(VENV)/.installed-dev: $(VENV)/.created pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
+
+deb:
+	packaging/build-deb.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
