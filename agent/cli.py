@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agent.daemon.privileges import drop_to_store_owner
 from agent.errors import ConfigError, EdgetuneError, StoreBusy
 from agent.settings import Settings
 
@@ -42,6 +43,9 @@ class _Context:
     def open_store(self):
         from agent.store import Store
 
+        # Root (an updater, an admin on a device) acts as the service user that owns the store's
+        # folder: SQLite's -wal/-shm files made by root would lock the daemon out of its store.
+        drop_to_store_owner(self.settings.db_path)
         return Store.open(self.settings.db_path)
 
 
@@ -665,13 +669,6 @@ def upload(obj: _Context, batch_size: int, as_json: bool) -> None:
 # -- the daemon and what updaters and admins call ------------------------------------------
 
 
-def _as_store_owner(settings: Settings) -> None:
-    """Root (an updater, an admin) acts as the service user that owns the store's folder."""
-    from agent.daemon.privileges import drop_to_store_owner
-
-    drop_to_store_owner(settings.db_path)
-
-
 @cli.command()
 @click.option("--no-bandwidth", is_flag=True, help="Skip the memory-bandwidth measurement at start-up.")
 @click.pass_obj
@@ -690,7 +687,7 @@ def daemon(obj: _Context, no_bandwidth: bool) -> None:
     from agent.daemon.service import run_daemon
     from agent.settings import FleetSettings
 
-    _as_store_owner(obj.settings)
+    drop_to_store_owner(obj.settings.db_path)
     DaemonSettings.load()  # a bad config file is a one-line error before anything starts
     FleetSettings.from_environ()
     sys.exit(run_daemon(obj.settings, measure_bandwidth=not no_bandwidth))
@@ -730,7 +727,7 @@ def hook_post_update(obj: _Context, wait: bool, budget: str | None, lock_timeout
     if budget is not None and not wait:
         raise click.UsageError("--budget needs --wait (without it the daemon does the work)")
     budget_s = parse_duration(budget, "--budget") if budget is not None else None
-    _as_store_owner(obj.settings)
+    drop_to_store_owner(obj.settings.db_path)
     result = post_update(obj.settings, DaemonSettings.load(), wait=wait, budget_s=budget_s,
                          lock_timeout_s=lock_timeout)
     if as_json:
@@ -763,7 +760,7 @@ def status(obj: _Context, as_json: bool) -> None:
     """Show what this device has tuned, what is queued, the daemon's state and the last upload (read-only)."""
     from agent.daemon.status import read_status
 
-    _as_store_owner(obj.settings)
+    drop_to_store_owner(obj.settings.db_path)
     data = read_status(obj.settings)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
@@ -826,7 +823,6 @@ def queue_add(obj: _Context, kernel: str, shape: str | None, target: str) -> Non
     from agent.kernels.registry import find_kernel
 
     problem = parse_shape(find_kernel(kernel), shape)
-    _as_store_owner(obj.settings)
     with obj.open_store() as store:
         added = store.queue_request(kernel=problem.spec.name, kernel_path=str(problem.spec.directory),
                                     shape=problem.key, target=target, reason="asked from the command line",

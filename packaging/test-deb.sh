@@ -147,6 +147,9 @@ if has_command hook post-update; then
     run edgetune hook post-update
     run edgetune status
     run sh -c 'test -z "$(find /var/lib/edgetune ! -user edgetune)"'
+    # The model strategy with the package's llama.cpp build: a warning would mean a fallback.
+    run sh -c 'edgetune tune gemv --shape small >/tmp/tune.out 2>&1; s=$?; cat /tmp/tune.out; [ $s = 0 ] && ! grep -q "^warning:" /tmp/tune.out'
+    run sh -c 'test -z "$(find /var/lib/edgetune ! -user edgetune)"'
     run /usr/share/edgetune/hooks/edgetune-post-update
     run /usr/share/edgetune/hooks/rauc/post-install
     run /usr/share/edgetune/hooks/swupdate/postupdate.sh

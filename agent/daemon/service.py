@@ -119,6 +119,9 @@ class Daemon:
         self.trickle_logged = False
         self.next_upload = time.monotonic() + min(30.0, self.config.upload_interval_s)  # not during start-up
         self.tuned_since_start = 0
+        self.worked = True  # something to tidy up (the model's memory, the outbox) at the next idle
+        self.idle_detail = ""
+        self.last_state: dict[str, Any] | None = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -207,6 +210,7 @@ class Daemon:
         finally:
             self.signals.interruptible = False
         self.last_trickle = time.monotonic()
+        self.worked = True
         if outcome.state == "done" and outcome.result is not None:
             self.tuned_since_start += 1
             result = outcome.result
@@ -230,23 +234,26 @@ class Daemon:
         return True
 
     def _idle(self, store: Store, *, trickle: bool) -> None:
-        if self.runner is not None:
-            self.runner.release()
-        gc.collect()
+        if self.worked:  # tidy up once after work; an idle poll after that is one query
+            self.worked = False
+            if self.runner is not None:
+                self.runner.release()
+            gc.collect()
+            if not self.fleet:
+                dropped = store.prune_outbox(self.config.outbox_max_records)
+                if dropped:
+                    log(f"no fleet configured: dropped the {dropped} oldest telemetry record(s) beyond "
+                        f"{self.config.outbox_max_records} (the runs themselves are kept)")
+            tuned = len(store.best_dependencies(self.runner.profile.fingerprint())) if self.runner else 0
+            self.idle_detail = f"{tuned} result(s) on this hardware; {self.tuned_since_start} tuned since start"
         self._upload(store)
-        if not self.fleet and self.config.outbox_max_records >= 0:
-            dropped = store.prune_outbox(self.config.outbox_max_records)
-            if dropped:
-                log(f"no fleet configured: dropped the {dropped} oldest telemetry record(s) beyond "
-                    f"{self.config.outbox_max_records} (the runs themselves are kept)")
-        tuned = len(store.best_dependencies(self.runner.profile.fingerprint())) if self.runner else 0
-        detail = f"{tuned} result(s) on this hardware; {self.tuned_since_start} tuned since start"
+        detail = self.idle_detail
         wait = self.config.poll_interval_s
         if trickle:
             wait = max(0.0, self.last_trickle + self.config.poll_interval_s - time.monotonic())
             detail += "; more queued, one per poll interval"
-        self._state(store, "idle", detail)
-        sd.notify(f"STATUS=idle: {detail}")
+        if self._state(store, "idle", detail):
+            sd.notify(f"STATUS=idle: {detail}")
         if self.fleet:
             wait = min(wait, max(1.0, self.next_upload - time.monotonic()))
         self._sleep(wait)
@@ -341,13 +348,14 @@ class Daemon:
             self.signals.interruptible = False
         store.set_info("last_upload", record)
 
-    def _state(self, store: Store | None, state: str, detail: str = "") -> None:
-        """Record the daemon's state for ``edgetune status`` (a write only when it changes)."""
+    def _state(self, store: Store | None, state: str, detail: str = "") -> bool:
+        """Record the daemon's state for ``edgetune status``; True (and a write) only when it changed."""
         record = {"state": state, "detail": detail, "pid": os.getpid(), "preset": self.config.preset}
-        if store is None or getattr(self, "_last_state", None) == record:
-            return
-        self._last_state = record
+        if store is None or self.last_state == record:
+            return False
+        self.last_state = record
         store.set_info("daemon", {**record, "since": utc_now()})
+        return True
 
     def _beat(self) -> None:
         if self.watchdog:
