@@ -131,7 +131,7 @@ def m005_daemon(db: sqlite_utils.Database) -> None:
     db["best"].add_column("stale", str)
     db["queue"].create({"id": int, "kernel": str, "kernel_path": str, "shape": str, "target": str,
                         "reason": str, "requested_by": str, "state": str, "requested_at": str,
-                        "started_at": str, "finished_at": str, "tuning_id": int, "error": str},
+                        "started_at": str, "finished_at": str, "tuning_id": int, "error": str, "crashes": int},
                        pk="id", not_null={"kernel", "shape", "target", "state"})
     # One waiting request per case: a hook that runs twice (power loss, a retry) queues nothing new.
     db.execute("create unique index queue_waiting on queue (kernel, shape, target) where state = 'queued'")
@@ -504,12 +504,26 @@ class Store:
             db.execute("update queue set state = ?, finished_at = ?, tuning_id = ?, error = ? where id = ?",
                        [state, utc_now(), tuning_id, error or None, request_id])
 
-    def recover_interrupted(self) -> int:
-        """After a crash or kill -9 of the daemon: the requests it had claimed wait again."""
-        running = [row["id"] for row in self.db.query("select id from queue where state = 'running'")]
-        for request_id in running:
-            self.finish_request(request_id, state="queued")
-        return len(running)
+    def recover_interrupted(self, *, max_crashes: int = 3) -> int:
+        """After a crash or kill -9 of the daemon: the requests it had claimed wait again; returns how many.
+
+        One the daemon died on ``max_crashes`` times (killed for memory, say) fails instead, so a
+        request that kills the service cannot keep it in a restart loop.
+        """
+        running = list(self.db.query("select id, coalesce(crashes, 0) as crashes from queue where state = 'running'"))
+        requeued = 0
+        for row in running:
+            crashes = row["crashes"] + 1
+            with self._write() as db:
+                db.execute("update queue set crashes = ? where id = ?", [crashes, row["id"]])
+            if crashes >= max_crashes:
+                self.finish_request(row["id"], state="failed",
+                                    error=f"the daemon died during this request {crashes} times "
+                                          "(killed, or out of memory?); not tried again")
+            else:
+                self.finish_request(row["id"], state="queued")
+                requeued += 1
+        return requeued
 
     def queue(self, *, states: Sequence[str] = ("queued", "running"), limit: int = 100) -> list[dict[str, Any]]:
         marks = ", ".join("?" * len(states))

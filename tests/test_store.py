@@ -185,3 +185,14 @@ def test_pruning_the_outbox_keeps_the_newest_records_and_every_run(store: Store)
     assert store.count("outbox") == 2 and store.count("runs") == 5
     keys = [row["key"] for row in store.outbox_batch(10)]
     assert [key.rsplit(":", 1)[1] for key in keys] == ["4", "5"]
+
+
+def test_a_request_the_daemon_keeps_dying_on_fails_after_three_crashes(store: Store):
+    store.queue_request(kernel="a", shape="N=1", kernel_path=None, target="native", reason="t", requested_by="t")
+    for crash in range(1, 4):
+        request = store.next_request()
+        assert request is not None and request["kernel"] == "a"
+        assert store.recover_interrupted() == (1 if crash < 3 else 0)  # as after a kill -9 at start-up
+    failed = store.queue(states=("failed",))
+    assert len(failed) == 1 and "died during this request 3 times" in failed[0]["error"]
+    assert store.next_request() is None
