@@ -51,7 +51,8 @@ class _Context:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", type=click.Path(dir_okay=False), envvar="EDGETUNE_DB",
-              help="SQLite store (default: $XDG_STATE_HOME/edgetune/edgetune.db; env EDGETUNE_DB).")
+              help="SQLite store (default: [paths] db of the config file, else "
+                   "$XDG_STATE_HOME/edgetune/edgetune.db; env EDGETUNE_DB).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @click.version_option(package_name="edgetune")
 @click.pass_context
