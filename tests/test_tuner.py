@@ -44,18 +44,22 @@ def test_crashing_hanging_and_wrong_candidates_are_recorded_and_tuning_carries_o
 
 
 def test_exhaustive_search_finds_the_true_optimum(store, profile, toolchain, cache_dir):
-    # spin recomputes its output REPEAT times: REPEAT=1 is the optimum by construction.
-    result = run_tune("spin", store, profile, toolchain, cache_dir, strategy="exhaustive", budget=Budget())
+    # spin recomputes its output REPEAT times: REPEAT=1 is the optimum by construction. Hot caches:
+    # with a flush before each run the cold first pass dominates, REPEAT=1 and 4 differ by only
+    # about 30%, and that is within the drift between two search batches (seen failing on CI).
+    # This test is about the search finding the optimum, not about the flush.
+    result = run_tune("spin", store, profile, toolchain, cache_dir, strategy="exhaustive", budget=Budget(),
+                      cache="hot")
     assert result.evaluations == 12
     assert result.winner.config["REPEAT"] == 1
     assert result.default.config == {"REPEAT": 32, "UNROLL": 1}
-    assert result.speedup > 2  # 32 repetitions vs 1; the cold-cache first pass costs the same in both
+    assert result.speedup > 2  # 32 repetitions vs 1
     best = store.best()
     assert len(best) == 1 and json.loads(best[0]["config_json"])["REPEAT"] == 1
 
 
 def test_local_search_walks_from_the_default_to_the_optimum(store, profile, toolchain, cache_dir):
-    result = run_tune("spin", store, profile, toolchain, cache_dir, strategy="local", budget=Budget(8))
+    result = run_tune("spin", store, profile, toolchain, cache_dir, strategy="local", budget=Budget(8), cache="hot")
     assert result.evaluations <= 8
     assert result.winner.config["REPEAT"] == 1
 
