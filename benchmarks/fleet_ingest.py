@@ -46,6 +46,9 @@ from agent.fleet.protocol import IDEMPOTENCY_HEADER, idempotency_key  # noqa: E4
 from agent.fleet.storage import Device, FleetStore  # noqa: E402
 from tests.fleet_server import FleetServer  # noqa: E402  (the test suite's real-server harness)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from strategies import table  # noqa: E402  (a sibling script, not a package)
+
 KERNELS = [f"kernel{i:02d}" for i in range(24)]
 SHAPES = ["M=64,N=64,K=64", "M=256,N=256,K=256", "M=1024,N=1024,K=1024"]
 TUNING_EVERY = 100  # one record in 100 is a finished tuning, the rest runs
@@ -316,17 +319,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
             cells = [f"{r[label][0] * 1000:.1f} ({r[label][1]})" for r in results.values()]
             rows.append([f"GET {label} at {args.records} records, ms (items answered); median of {args.requests}",
                          *cells])
-    header = ["figure", *names]
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        width = max(len(row[0]) for row in rows)
-        print(f"{'':{width}}  " + "  ".join(f"{n:>16}" for n in names))
-        for row in rows:
-            print(f"{row[0]:{width}}  " + "  ".join(f"{c:>16}" for c in row[1:]))
+    print(table(["figure", *names], rows, markdown=args.markdown))
 
 
 if __name__ == "__main__":

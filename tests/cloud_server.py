@@ -37,7 +37,7 @@ from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space
 from agent.predict.prompt import ConfigCodec, HardwareDesc, kernel_desc, prompt_tokens
-from agent.predict.rank_protocol import RankProtocolError, RankRequest
+from agent.predict.rank_protocol import RankProtocolError, RankRequest, request_for
 from agent.predict.vocab import vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,6 +209,12 @@ def gemm_rank_case() -> RankCase:
                          features=kernel_features(spec))
     return RankCase(prompt_tokens(hardware, kernel, problem.shape), ConfigCodec.for_params(params), space,
                     list(space), dict(problem.shape))
+
+
+def small_rank_request(case: RankCase) -> RankRequest:
+    """16 of the case's candidates, top 5 asked: cheap for the completions endpoint, which runs the
+    model once per candidate."""
+    return request_for(case.prompt, case.codec, case.configs[::63], 5, kernel="gemm", shape=case.shape)
 
 
 class Servers:

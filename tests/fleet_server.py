@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,13 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def register_device(server: FleetServer, name: str | None = None) -> tuple[str, str]:
+    """A new device registered through the real CLI: (name, token)."""
+    from tests.conftest import run_cli  # conftest imports nothing from here at start-up
+
+    name = name or f"device-{uuid.uuid4().hex[:8]}"
+    done = run_cli("fleet", "add-device", name, "--db", str(server.db), timeout=60)
+    assert done.returncode == 0, done.stderr
+    return name, done.stdout.strip()

@@ -20,7 +20,7 @@ from agent.predict.cloud import CloudAnswer, CloudClient, CloudError, CloudSetti
 from agent.predict.local_model import LocalModel
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, rank_with_model, request_for
 from agent.predict.vocab import vocabulary
-from tests.cloud_server import RankCase, Servers, gemm_rank_case
+from tests.cloud_server import RankCase, Servers, gemm_rank_case, small_rank_request
 from tests.conftest import ROOT
 
 TEACHER = ROOT / "models" / "edgetune-teacher-q8_0.gguf"
@@ -34,8 +34,7 @@ def case() -> RankCase:
 
 @pytest.fixture(scope="module")
 def small(case: RankCase) -> RankRequest:
-    """16 candidates: cheap for the completions endpoint, which runs the model once per candidate."""
-    return request_for(case.prompt, case.codec, case.configs[::63], 5, kernel="gemm", shape=case.shape)
+    return small_rank_request(case)
 
 
 @pytest.fixture(scope="module")

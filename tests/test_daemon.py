@@ -172,11 +172,11 @@ def test_a_bad_config_is_one_line_before_anything_starts(tmp_path, daemon_env):
 
 
 def test_the_outbox_goes_to_the_fleet_periodically_and_a_dead_fleet_only_delays_it(tmp_path, daemon_env):
-    from tests.fleet_server import FleetServer
+    from tests.fleet_server import FleetServer, register_device
 
     fleet = FleetServer(tmp_path / "fleet.db").start()
     try:
-        token = run_cli("fleet", "add-device", "daemon-test", "--db", str(fleet.db), timeout=60).stdout.strip()
+        _, token = register_device(fleet, "daemon-test")
         env = {**daemon_env, "EDGETUNE_FLEET_URL": fleet.url, "EDGETUNE_FLEET_TOKEN": token}
         write_config(Path(env["EDGETUNE_CONFIG"]), preset=str(tmp_path / "tiny.toml"), poll_interval="1s",
                      upload_interval="2s", busy_cpu_percent=100)

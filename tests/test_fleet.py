@@ -19,7 +19,7 @@ from agent.errors import FleetError
 from agent.fleet.protocol import MAX_BODY_BYTES, MAX_RECORDS
 from agent.fleet.storage import FleetStore, redact_url
 from tests.conftest import run_cli
-from tests.fleet_server import OPERATOR_TOKEN, FleetServer
+from tests.fleet_server import OPERATOR_TOKEN, FleetServer, register_device
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +28,6 @@ def server(fleet_db: str) -> Iterator[FleetServer]:
     fleet = FleetServer(fleet_db).start()
     yield fleet
     fleet.kill()
-
-
-def register(server: FleetServer, name: str | None = None) -> tuple[str, str]:
-    """A new device registered through the CLI: (name, token)."""
-    name = name or f"device-{uuid.uuid4().hex[:8]}"
-    done = run_cli("fleet", "add-device", name, "--db", str(server.db), timeout=60)
-    assert done.returncode == 0, done.stderr
-    return name, done.stdout.strip()
 
 
 def run_record(key: str, **data: Any) -> dict[str, Any]:
@@ -71,7 +63,7 @@ def stored(server: FleetServer, device: str) -> list[dict[str, Any]]:
 
 
 def test_a_resent_batch_with_the_same_idempotency_key_gets_the_first_answer_and_stores_nothing(server):
-    name, token = register(server)
+    name, token = register_device(server)
     records = [run_record(f"run:fp-1:{i}") for i in range(3)]
     first = post(server, token, records, key="batch-0001")
     assert first.status_code == 200 and first.json() == {"accepted": 3, "duplicates": 0, "rejected": []}
@@ -83,7 +75,7 @@ def test_a_resent_batch_with_the_same_idempotency_key_gets_the_first_answer_and_
 
 
 def test_a_key_reused_with_a_different_batch_is_refused(server):
-    name, token = register(server)
+    name, token = register_device(server)
     assert post(server, token, [run_record("run:a")], key="batch-reused").status_code == 200
     answer = post(server, token, [run_record("run:b")], key="batch-reused")
     assert answer.status_code == 422 and "Idempotency-Key" in answer.json()["error"]
@@ -91,7 +83,7 @@ def test_a_key_reused_with_a_different_batch_is_refused(server):
 
 
 def test_a_gzip_body_is_stored(server):
-    name, token = register(server)
+    name, token = register_device(server)
     answer = post(server, token, [run_record("run:g1"), tuning_record("tuning:g1")], compress=True)
     assert answer.status_code == 200 and answer.json()["accepted"] == 2
     assert {r["kind"] for r in stored(server, name)} == {"run", "tuning"}
@@ -107,7 +99,7 @@ def test_a_gzip_body_is_stored(server):
     (b'\x1f\x8b\x08\x00garbage', False, "gzip"),
 ])
 def test_a_malformed_body_is_a_400_with_a_reason_and_nothing_is_stored(server, body, compress, reason):
-    name, token = register(server)
+    name, token = register_device(server)
     headers = {"Content-Encoding": "gzip"} if body.startswith(b"\x1f\x8b") else {}
     answer = httpx.post(f"{server.url}/v1/telemetry", content=body, timeout=10,
                         headers={"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex,
@@ -117,7 +109,7 @@ def test_a_malformed_body_is_a_400_with_a_reason_and_nothing_is_stored(server, b
 
 
 def test_records_with_wrong_fields_are_rejected_one_by_one_and_the_others_are_stored(server):
-    name, token = register(server)
+    name, token = register_device(server)
     bad = [run_record("run:bad-median", median_s="fast"), run_record("run:bad-status", status="exploded"),
            run_record("run:bad-config", config={"BM": 1.5}), tuning_record("tuning:bad-wall", wall_s=-1),
            {**run_record("run:bad-kind"), "kind": "benchmark"}, {**run_record("run:bad-time"), "created_at": "x"},
@@ -136,7 +128,7 @@ def test_records_with_wrong_fields_are_rejected_one_by_one_and_the_others_are_st
 
 
 def test_oversize_bodies_are_413_before_and_after_gunzip(server):
-    name, token = register(server)
+    name, token = register_device(server)
     padding = "x" * (MAX_BODY_BYTES + 10)
     big = json.dumps({"fingerprint": "fp", "profile": {"pad": padding}, "records": []}).encode()
     assert post(server, token, [], body=big).status_code == 413
@@ -149,7 +141,7 @@ def test_oversize_bodies_are_413_before_and_after_gunzip(server):
 
 
 def test_tokens_are_checked_and_roles_kept_apart(server):
-    _, token = register(server)
+    _, token = register_device(server)
     url = server.url
     assert httpx.get(f"{url}/v1/telemetry", timeout=10).status_code == 401
     assert httpx.get(f"{url}/v1/telemetry", headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
@@ -165,8 +157,8 @@ def test_tokens_are_checked_and_roles_kept_apart(server):
 
 
 def test_reads_page_with_a_cursor_and_filter_by_device_and_kernel(server):
-    name, token = register(server)
-    other, other_token = register(server)
+    name, token = register_device(server)
+    other, other_token = register_device(server)
     post(server, token, [run_record(f"run:{i}") for i in range(5)] + [run_record("run:conv", kernel="conv2d")])
     post(server, other_token, [run_record("run:0")])
     with server.operator() as client:
@@ -185,7 +177,7 @@ def test_reads_page_with_a_cursor_and_filter_by_device_and_kernel(server):
 
 
 def test_devices_summarise_their_tunings(server):
-    name, token = register(server)
+    name, token = register_device(server)
     post(server, token, [tuning_record("t:1", wall_s=1.0), tuning_record("t:2", wall_s=3.0, cloud="ok"),
                          tuning_record("t:3", kernel="conv2d", wall_s=5.0, cloud=None), run_record("r:1")])
     with server.operator() as client:
@@ -204,7 +196,7 @@ def test_health_and_the_openapi_document_are_served(server):
 
 
 def test_add_device_twice_and_serve_without_an_operator_token_are_one_line_errors(server, tmp_path: Path):
-    name, _ = register(server)
+    name, _ = register_device(server)
     again = run_cli("fleet", "add-device", name, "--db", str(server.db), timeout=60)
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "already registered" in again.stderr
     no_token = run_cli("fleet", "serve", "--db", str(tmp_path / "f.db"), "--port", "1",
@@ -241,11 +233,11 @@ def test_random_bodies_never_get_a_5xx(server, fuzz_token, body, compress):
 
 @pytest.fixture(scope="module")
 def fuzz_token(server) -> str:
-    return register(server)[1]
+    return register_device(server)[1]
 
 
 def test_text_that_is_not_utf8_is_rejected_not_a_server_error(server):
-    name, token = register(server)
+    name, token = register_device(server)
     record = json.dumps(run_record("run:ok")).replace('"run:ok"', '"run:\\ud800"').replace('"gemm"', '"g\\udfff"')
     good = json.dumps(run_record("run:ok"))
     body = f'{{"fingerprint": "fp", "profile": {{"x": "\\ud800"}}, "records": [{record}, {good}]}}'
@@ -258,7 +250,7 @@ def test_text_that_is_not_utf8_is_rejected_not_a_server_error(server):
 
 
 def test_a_resend_whose_profile_changed_is_still_the_same_batch(server):
-    name, token = register(server)
+    name, token = register_device(server)
     records = [run_record("run:p1")]
     first = post(server, token, records, key="batch-profile")
     changed = json.dumps({"fingerprint": "fp-1", "profile": {"cores": 4}, "records": records}).encode()
@@ -268,7 +260,7 @@ def test_a_resend_whose_profile_changed_is_still_the_same_batch(server):
 
 
 def test_concurrent_resends_of_one_batch_store_it_once(server):
-    name, token = register(server)
+    name, token = register_device(server)
     records = [run_record(f"run:c{i}") for i in range(40)]
     with ThreadPoolExecutor(8) as pool:  # the same batch eight times at once, and overlapping batches under new keys
         same = list(pool.map(lambda _: post(server, token, records, key="batch-concurrent"), range(8)))
@@ -315,7 +307,7 @@ def test_a_database_that_goes_away_is_a_503_with_retry_after_not_a_crash(postgre
     url = postgres_cluster.new_database()
     fleet = FleetServer(url).start()
     try:
-        name, token = register(fleet)
+        name, token = register_device(fleet)
         assert post(fleet, token, [run_record(f"run:{name}:1")]).status_code == 200
         database = url.rsplit("/", 1)[1]
         with psycopg.connect(postgres_cluster.url(), autocommit=True) as conn:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,9 +19,9 @@ from agent.kernels.space import Space
 from agent.predict.cloud import CloudClient, CloudSettings, merge_rankings
 from agent.predict.rank_protocol import MAX_CANDIDATES, MAX_PROMPT, RankRequest, candidate_key, request_for
 from agent.tuner import TuneOptions, tune
-from tests.cloud_server import RankCase, Servers, gemm_rank_case
+from tests.cloud_server import RankCase, Servers, gemm_rank_case, small_rank_request
 from tests.conftest import ROOT, run_cli
-from tests.fleet_server import OPERATOR_TOKEN, FleetServer
+from tests.fleet_server import OPERATOR_TOKEN, FleetServer, register_device
 from tests.test_model_strategy import KERNEL, QUICK, SHAPE, _models
 
 TEACHER = ROOT / "models" / "edgetune-teacher-q8_0.gguf"
@@ -35,14 +34,7 @@ def case() -> RankCase:
 
 @pytest.fixture(scope="module")
 def small(case: RankCase) -> RankRequest:
-    return request_for(case.prompt, case.codec, case.configs[::63], 5, kernel="gemm", shape=case.shape)
-
-
-def register(server: FleetServer) -> tuple[str, str]:
-    name = f"device-{uuid.uuid4().hex[:8]}"
-    done = run_cli("fleet", "add-device", name, "--db", str(server.db), timeout=60)
-    assert done.returncode == 0, done.stderr
-    return name, done.stdout.strip()
+    return small_rank_request(case)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetServer]:
 
 @pytest.fixture(scope="module")
 def device(fleet: FleetServer) -> tuple[str, str]:
-    return register(fleet)
+    return register_device(fleet)
 
 
 def client_for(server: FleetServer, token: str, timeout_s: float = 30.0) -> CloudClient:
@@ -272,7 +264,7 @@ def fuzzed_bodies(draw: st.DrawFn, base: dict[str, Any]) -> bytes:
 
 @pytest.fixture(scope="module")
 def fuzz_token(fleet: FleetServer) -> str:
-    return register(fleet)[1]
+    return register_device(fleet)[1]
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -292,7 +284,7 @@ def test_a_slow_model_answers_503_with_retry_after_instead_of_hanging(tmp_path, 
     server.serve_args += ["--teacher", str(TEACHER), "--rank-timeout", "0.05"]
     server.start()
     try:
-        _, token = register(server)
+        _, token = register_device(server)
         request = request_for(case.prompt, case.codec, case.configs, 8, kernel="gemm", shape=case.shape)
         answer = rank(server, token, request.to_json())
         assert answer.status_code == 503, answer.text
@@ -317,7 +309,7 @@ def test_without_a_teacher_file_rank_answers_503_and_telemetry_still_works(tmp_p
     server.serve_env["EDGETUNE_MODELS"] = str(tmp_path / "no-models")
     server.start()
     try:
-        _, token = register(server)
+        _, token = register_device(server)
         answer = rank(server, token, small.to_json())
         assert answer.status_code == 503 and "unavailable" in answer.json()["error"], answer.text
         assert int(answer.headers["retry-after"]) > 1
@@ -335,7 +327,7 @@ def test_with_rank_upstream_the_fleet_asks_an_openai_compatible_server(tmp_path,
         server.serve_args += ["--rank-upstream", upstream, "--rank-upstream-model", "teacher-upstream"]
         server.serve_env["EDGETUNE_FLEET_UPSTREAM_TOKEN"] = "upstream-secret"
         server.start()
-        _, token = register(server)
+        _, token = register_device(server)
         client = client_for(server, token)
         answer = client.ask(small)
         assert answer is not None, client.last_error

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from agent.store import RunRecord, Store
 from tests.conftest import FLEET_BACKENDS, ROOT, run_cli
-from tests.fleet_server import FleetServer, Proxy, child_env
+from tests.fleet_server import FleetServer, Proxy, child_env, register_device
 
 FINGERPRINT = "fp-upload-test"
 
@@ -28,13 +27,6 @@ def server(fleet_db: str) -> Iterator[FleetServer]:
     fleet = FleetServer(fleet_db).start()
     yield fleet
     fleet.kill()
-
-
-def register(server: FleetServer) -> tuple[str, str]:
-    name = f"device-{uuid.uuid4().hex[:8]}"
-    done = run_cli("fleet", "add-device", name, "--db", str(server.db), timeout=60)
-    assert done.returncode == 0, done.stderr
-    return name, done.stdout.strip()
 
 
 def fill(path: Path, *, tunings: int = 2, runs: int = 3, device: str = FINGERPRINT, **run_fields) -> None:
@@ -83,7 +75,7 @@ def upload(db: Path, url: str, token: str, *args: str) -> dict[str, int]:
 
 
 def test_upload_sends_runs_and_tunings_once_and_the_fleet_counts_them_exactly(server, tmp_path):
-    name, token = register(server)
+    name, token = register_device(server)
     db = tmp_path / "device.db"
     fill(db, tunings=2, runs=3)
     result = upload(db, server.url, token, "--batch", "3")
@@ -105,7 +97,7 @@ def test_upload_sends_runs_and_tunings_once_and_the_fleet_counts_them_exactly(se
 
 
 def test_a_restored_outbox_sent_in_other_batches_is_counted_as_duplicates(server, tmp_path):
-    name, token = register(server)
+    name, token = register_device(server)
     db, backup = tmp_path / "device.db", tmp_path / "backup.db"
     fill(db, tunings=2, runs=4)
     with Store.open(db) as store:
@@ -119,7 +111,7 @@ def test_a_restored_outbox_sent_in_other_batches_is_counted_as_duplicates(server
 
 
 def test_records_the_fleet_rejects_go_to_dead_letter_and_the_rest_arrive(server, tmp_path):
-    name, token = register(server)
+    name, token = register_device(server)
     db = tmp_path / "device.db"
     fill(db, tunings=1, runs=2)
     fill(db, tunings=1, runs=1, config={"BM": 1.5}, samples=(0.1,), median_s=0.1)  # a float parameter value
@@ -139,7 +131,7 @@ def test_records_the_fleet_rejects_go_to_dead_letter_and_the_rest_arrive(server,
 
 @pytest.mark.parametrize("mode", ["429-once", "503-once"])
 def test_retry_after_is_honoured(server, tmp_path, mode):
-    name, token = register(server)
+    name, token = register_device(server)
     db = tmp_path / "device.db"
     fill(db, tunings=1, runs=2)
     proxy = Proxy(server.url, mode)
@@ -170,7 +162,7 @@ def test_no_fleet_configured_touches_nothing_and_a_bad_config_is_one_line(tmp_pa
 
 
 def test_the_config_file_names_the_fleet_and_a_wrong_token_keeps_the_outbox(server, tmp_path):
-    name, token = register(server)
+    name, token = register_device(server)
     db = tmp_path / "device.db"
     fill(db, tunings=1, runs=1)
     config = tmp_path / "config.toml"
@@ -195,7 +187,7 @@ def start_upload(db: Path, url: str, token: str, *args: str) -> subprocess.Popen
 def test_the_fleet_killed_and_restarted_mid_upload_ends_with_an_exact_count(tmp_path, new_fleet_db, backend):
     fleet = FleetServer(new_fleet_db(backend)).start()
     try:
-        name, token = register(fleet)
+        name, token = register_device(fleet)
         db = tmp_path / "device.db"
         fill(db, tunings=10, runs=59)  # 600 records in 120 batches
         uploader = start_upload(db, fleet.url, token, "--batch", "5")
@@ -215,7 +207,7 @@ def test_the_fleet_killed_and_restarted_mid_upload_ends_with_an_exact_count(tmp_
 
 
 def test_the_uploader_killed_at_random_moments_loses_and_duplicates_nothing(server, tmp_path):
-    name, token = register(server)
+    name, token = register_device(server)
     db = tmp_path / "device.db"
     fill(db, tunings=10, runs=29)  # 300 records
     proxy = Proxy(server.url, "slow", delay=0.03)
