@@ -88,11 +88,10 @@ def tune(kernel: str | KernelSpec, shape: str | Mapping[str, int] | None = None,
     parsed = budget if isinstance(budget, Budget) or budget is None else Budget.parse(str(budget))
     profile = _profile(settings.compiler)
     toolchain = Toolchain.detect(settings.compiler, target, cpu_tag=profile.fingerprint())
-    if isinstance(cloud, str) or (cloud is None and settings.cloud_url):
-        from agent.predict.cloud import CloudSettings
+    if isinstance(cloud, str) or cloud is None:
+        from agent.predict.cloud import cloud_settings_from
 
-        cloud = CloudSettings(url=cloud or settings.cloud_url, kind=settings.cloud_kind, token=settings.cloud_token,
-                              model=settings.cloud_model)
+        cloud = cloud_settings_from(settings, cloud)
     options = TuneOptions(strategy=strategy, budget=parsed, target=target, seed=seed,
                           models=Path(models) if models else settings.models_dir, cloud=cloud,
                           state_dir=settings.db_path.parent)

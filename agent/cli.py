@@ -203,13 +203,9 @@ def tune(obj: _Context, kernel: str, shape: str | None, strategy: str, budget: s
 
 def _cloud_settings(settings: Settings, url: str | None, kind: str | None) -> Any:
     """The cloud client's settings from the command line and the environment (None: no cloud)."""
-    url = url or settings.cloud_url
-    if not url:
-        return None
-    from agent.predict.cloud import CloudSettings
+    from agent.predict.cloud import cloud_settings_from
 
-    return CloudSettings(url=url, kind=kind or settings.cloud_kind, token=settings.cloud_token,
-                         model=settings.cloud_model)
+    return cloud_settings_from(settings, url, kind)
 
 
 @cli.command()

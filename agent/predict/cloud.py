@@ -38,9 +38,10 @@ import httpx
 
 from agent.errors import EdgetuneError
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, candidate_key
+from agent.settings import Settings
 
-__all__ = ["KINDS", "CloudAnswer", "CloudClient", "CloudError", "CloudSettings", "completion_text",
-           "merge_rankings"]
+__all__ = ["KINDS", "CloudAnswer", "CloudClient", "CloudError", "CloudSettings", "cloud_settings_from",
+           "completion_text", "merge_rankings"]
 
 KINDS = ("fleet", "openai")
 MAX_ANSWER_BYTES = 16 * 2**20
@@ -99,6 +100,15 @@ class CloudAnswer:
     elapsed_s: float
     attempts: int
     dropped: int = 0  # configurations it answered that were not among the candidates
+
+
+def cloud_settings_from(settings: Settings, url: str | None = None, kind: str | None = None) -> CloudSettings | None:
+    """The client's settings: ``url``/``kind`` where given, else ``EDGETUNE_CLOUD_*``; None when no URL is set."""
+    url = url or settings.cloud_url
+    if not url:
+        return None
+    return CloudSettings(url=url, kind=kind or settings.cloud_kind, token=settings.cloud_token,
+                         model=settings.cloud_model)
 
 
 class _Failure(Exception):
