@@ -19,9 +19,10 @@ from agent.errors import EdgetuneError, ToolchainError
 from agent.kernels.registry import find_kernel
 from agent.kernels.spec import KernelSpec, load_spec
 from agent.kernels.workloads import Workload
-from agent.store import Store
+from agent.settings import Settings
+from agent.store import Store, utc_now
 
-__all__ = ["Current", "Finding", "Report", "apply", "check", "load_request_kernel"]
+__all__ = ["Current", "Finding", "Report", "apply", "check", "load_request_kernel", "refresh"]
 
 
 def load_request_kernel(name: str, path: str | None) -> KernelSpec:
@@ -40,6 +41,13 @@ class Current:
     model_version: str | None = None
     _toolchains: dict[str, str | None] = field(default_factory=dict, repr=False)
     _kernels: dict[tuple[str, str | None], KernelSpec | None] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def now(cls, device: str, settings: Settings) -> Current:
+        """This device's compiler (``CC``) and model folder, as the settings name them."""
+        from agent.predict.model_files import model_version
+
+        return cls(device=device, compiler=settings.compiler, model_version=model_version(settings.models_dir))
 
     def compiler_version(self, target: str) -> str | None:
         """The compiler's version string for ``target`` (as tunings record it); None if it cannot build it."""
@@ -85,6 +93,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     cleared: int = 0  # rows that were stale and match again
     queued: int = 0
+    marks: list[tuple[tuple[str, str, str], str | None]] = field(default_factory=list)  # best.stale to rewrite
     problems: list[str] = field(default_factory=list)  # preset layers that cannot be used (unknown kernel, shape)
 
     @property
@@ -130,10 +139,11 @@ def check(store: Store, current: Current, preset: Workload | None) -> Report:
         if reason is None:
             fresh_cases.add((row["kernel_key"], row["shape"], row["target"]))
     for row, reason, spec in verdicts:
+        if (row["stale"] or None) != reason:
+            report.marks.append(((row["kernel_key"], row["shape"], row["target"]), reason))
         if reason is None:
             report.fresh += 1
-            if row["stale"]:
-                report.cleared += 1
+            report.cleared += bool(row["stale"])
             continue
         # Tuning again helps unless the kernel is gone, or its new version already has a fresh result.
         retune = spec is not None and (spec.key, row["shape"], row["target"]) not in fresh_cases
@@ -165,16 +175,23 @@ def check(store: Store, current: Current, preset: Workload | None) -> Report:
 
 
 def apply(store: Store, report: Report, *, requested_by: str) -> Report:
-    """Write the verdicts into ``best.stale`` and queue the re-tunings (idempotent: safe to run again)."""
-    stale = {(f.kernel_key, f.shape, f.target): f.reason for f in report.stale}
-    for row in store.best_dependencies(report.device):
-        case = (row["kernel_key"], row["shape"], row["target"])
-        if row["stale"] != stale.get(case):
-            store.mark_stale(report.device, *case, stale.get(case))
-    stale_first = sorted(report.findings, key=lambda f: f.kind != "stale")  # stale results, then missing layers
-    for finding in stale_first:
+    """Write the verdicts into ``best.stale`` and queue the re-tunings (idempotent: safe to run again).
+
+    Findings are queued in the order :func:`check` made them: stale results, then missing layers.
+    """
+    for case, reason in report.marks:
+        store.mark_stale(report.device, *case, reason)
+    for finding in report.findings:
         if finding.retune and store.queue_request(kernel=finding.kernel, kernel_path=finding.kernel_path,
                                                   shape=finding.shape, target=finding.target,
                                                   reason=finding.reason, requested_by=requested_by):
             report.queued += 1
+    return report
+
+
+def refresh(store: Store, current: Current, preset: Workload | None, *, requested_by: str) -> Report:
+    """Check, apply, and record which hardware was checked when (``edgetune status`` shows it)."""
+    report = apply(store, check(store, current, preset), requested_by=requested_by)
+    store.set_info("device", {"fingerprint": current.device, "checked_at": utc_now(),
+                              "model_version": current.model_version})
     return report

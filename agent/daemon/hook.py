@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.settings import Settings
-from agent.store import Store, utc_now
+from agent.store import Store
 
 from .config import DaemonSettings
-from .dependencies import Current, apply, check
+from .dependencies import Current, refresh
 from .work import RequestRunner
 
 __all__ = ["EXIT_BUDGET", "HookResult", "post_update"]
@@ -51,18 +51,14 @@ def post_update(settings: Settings, config: DaemonSettings, *, wait: bool = Fals
     """Mark stale results, queue their re-tuning (and the preset's missing layers); with ``wait``, tune now."""
     from agent.hardware import probe
     from agent.kernels.workloads import find_workload
-    from agent.predict.model_files import model_version
 
     started = time.monotonic()
     preset = find_workload(config.preset) if config.preset else None
     profile = probe(measure_bandwidth=False, compiler=settings.compiler, cache_dir=settings.cache_dir)
     device = profile.fingerprint()
-    current = Current(device=device, compiler=settings.compiler, model_version=model_version(settings.models_dir))
     with Store.open(settings.db_path, lock_timeout_s=lock_timeout_s) as store:
         store.upsert_device(device, profile.to_dict())
-        report = apply(store, check(store, current, preset), requested_by="hook")
-        store.set_info("device", {"fingerprint": device, "checked_at": utc_now(),
-                                  "model_version": current.model_version})
+        report = refresh(store, Current.now(device, settings), preset, requested_by="hook")
         result = HookResult(report=report.to_dict())
         if wait:
             runner = RequestRunner(settings, profile, evaluations=config.evaluations)
@@ -82,10 +78,8 @@ def post_update(settings: Settings, config: DaemonSettings, *, wait: bool = Fals
                     result.tuned.append({**entry, "speedup": outcome.result.speedup})
                 else:
                     result.failed.append({**entry, "error": outcome.error})
-            result.left = len(store.queue(states=("queued",), limit=100_000))
-            if result.left:
-                result.exit_code = EXIT_BUDGET
-        else:
-            result.left = len(store.queue(states=("queued",), limit=100_000))
+        result.left = len(store.queue(states=("queued",), limit=100_000))
+        if wait and result.left:
+            result.exit_code = EXIT_BUDGET
     result.seconds = time.monotonic() - started
     return result

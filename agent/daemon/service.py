@@ -36,7 +36,7 @@ from agent.store import Store, utc_now
 
 from . import notify as sd
 from .config import DaemonSettings
-from .dependencies import Current, apply, check
+from .dependencies import Current, refresh
 from .politeness import lower_priority, others_cpu_percent
 from .work import RequestRunner
 
@@ -275,7 +275,6 @@ class Daemon:
     def _check(self, store: Store) -> None:
         """Compare stored results with what the device has now; queue what is stale or missing."""
         from agent.kernels.workloads import find_workload
-        from agent.predict.model_files import model_version
 
         assert self.runner is not None
         device = self.runner.profile.fingerprint()
@@ -285,12 +284,8 @@ class Daemon:
                 preset = find_workload(self.config.preset)
             except EdgetuneError as exc:
                 log(f"preset: {exc}; tuning only what is queued")
-        current = Current(device=device, compiler=self.settings.compiler,
-                          model_version=model_version(self.settings.models_dir))
         previous = store.info("device")
-        report = apply(store, check(store, current, preset), requested_by="daemon")
-        store.set_info("device", {"fingerprint": device, "checked_at": utc_now(),
-                                  "model_version": current.model_version})
+        report = refresh(store, Current.now(device, self.settings), preset, requested_by="daemon")
         if previous and previous.get("fingerprint") != device:
             log(f"hardware changed since the last start ({previous.get('fingerprint')} -> {device})")
         for finding in report.findings:
@@ -316,11 +311,11 @@ class Daemon:
 
     def _cloud(self) -> Any:
         """Ask a ranking service when unsure: EDGETUNE_CLOUD_URL, else the fleet's /v1/rank."""
-        from agent.predict.cloud import CloudSettings
+        from agent.predict.cloud import CloudSettings, cloud_settings_from
 
-        if self.settings.cloud_url:
-            return CloudSettings(url=self.settings.cloud_url, kind=self.settings.cloud_kind,
-                                 token=self.settings.cloud_token, model=self.settings.cloud_model)
+        configured = cloud_settings_from(self.settings)
+        if configured is not None:
+            return configured
         if self.fleet:
             return CloudSettings(url=self.fleet.url, kind="fleet", token=self.fleet.token)
         return None
