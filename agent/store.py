@@ -267,6 +267,25 @@ class Store:
             raise StoreError(f"cannot create the store at {path}: {exc.strerror or exc}") from None
         return cls(db, path)
 
+    @classmethod
+    def open_read_only(cls, path: str | Path) -> Store:
+        """Open an existing store to read, never creating, migrating or writing it (``edgetune status``).
+
+        A store an older edgetune wrote (migrations pending) is a StoreError naming the way out.
+        """
+        path = Path(path)
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+            db = sqlite_utils.Database(conn)
+            pending = [migration.name for migration in migrations.pending(db)]
+        except sqlite3.Error as exc:
+            raise _store_error(f"cannot read the store at {path}", exc) from None
+        if pending:
+            db.close()
+            raise StoreError(f"the store at {path} was written by an older edgetune (it lacks {', '.join(pending)}); "
+                             "any edgetune command that writes, or the daemon, upgrades it")
+        return cls(db, path)
+
     def close(self) -> None:
         self.db.close()
 

@@ -1,46 +1,23 @@
 """``edgetune status``: what this device has tuned, what waits, the daemon's state, the last upload.
 
-Read-only: the store is opened with ``mode=ro`` and never created or migrated, and nothing
-is probed (the hardware is the one the daemon or hook last checked), so it answers in a
-fraction of a second even while the daemon works.
+Read-only: the store is opened with ``Store.open_read_only`` (never created, migrated or
+written), and nothing is probed (the hardware is the one the daemon or hook last checked), so
+it answers in a fraction of a second even while the daemon works.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from contextlib import closing
 from typing import Any
 
 from agent.errors import EdgetuneError
 from agent.settings import FleetSettings, Settings
+from agent.store import Store
 
 from .config import DaemonSettings
 
 __all__ = ["read_status"]
-
-
-def _query(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Rows as dicts; a table an older store lacks reads as empty."""
-    try:
-        cursor = conn.execute(sql, params)
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc) or "no such column" in str(exc):
-            return []
-        raise
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def _info(conn: sqlite3.Connection, name: str) -> dict[str, Any] | None:
-    rows = _query(conn, "select value from store_info where name = ?", (name,))
-    return json.loads(rows[0]["value"]) if rows else None
-
-
-def _count(conn: sqlite3.Connection, table: str) -> int:
-    rows = _query(conn, f"select count(*) as n from {table}")
-    return int(rows[0]["n"]) if rows else 0
 
 
 def _alive(pid: int | None) -> bool:
@@ -97,25 +74,17 @@ def read_status(settings: Settings) -> dict[str, Any]:
         status["layers"] = _preset_layers(config.preset, [], [])
         return status
     try:
-        conn = sqlite3.connect(f"{settings.db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise EdgetuneError(f"cannot read the store at {settings.db_path}: {exc}") from None
-    with closing(conn):
-        try:
-            device = _info(conn, "device")
-            daemon = _info(conn, "daemon")
-            fingerprint = device["fingerprint"] if device else None
-            rows = _query(conn, "select kernel, kernel_key, shape, target, speedup, stale from best where device = ?",
-                          (fingerprint,))
-            queue = _query(conn, "select id, kernel, shape, target, state, reason, requested_by, requested_at "
-                                 "from queue where state in ('queued', 'running') order by id")
+        with Store.open_read_only(settings.db_path) as store:
+            device, daemon = store.info("device"), store.info("daemon")
+            rows = store.best(device=device["fingerprint"]) if device else []
+            queue = store.queue()
             status.update(
-                device=device, daemon=daemon, queue=queue, last_upload=_info(conn, "last_upload"),
-                outbox=_count(conn, "outbox"), dead_letter=_count(conn, "dead_letter"),
+                device=device, daemon=daemon, queue=queue, last_upload=store.info("last_upload"),
+                outbox=store.count("outbox"), dead_letter=store.count("dead_letter"),
                 results={"tuned": sum(1 for r in rows if not r["stale"]), "stale": sum(1 for r in rows if r["stale"])},
                 layers=_preset_layers(config.preset, rows, queue))
-        except sqlite3.Error as exc:
-            raise EdgetuneError(f"cannot read the store at {settings.db_path}: {exc}") from None
+    except sqlite3.Error as exc:
+        raise EdgetuneError(f"cannot read the store at {settings.db_path}: {exc}") from None
     if daemon is not None:
         daemon["running"] = daemon.get("state") != "stopped" and _alive(daemon.get("pid"))
     return status
