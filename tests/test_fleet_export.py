@@ -20,8 +20,8 @@ from agent.dataset import read_dataset
 from agent.fleet.pull import PullError, pull_dataset
 from agent.interchange.t4 import read_t4
 from tests.conftest import run_cli
-from tests.fleet_server import OPERATOR_TOKEN, FleetServer, free_port
-from tests.test_fleet import register, run_record, tuning_record
+from tests.fleet_server import OPERATOR_TOKEN, FleetServer, free_port, register_device
+from tests.test_fleet import run_record, tuning_record
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def send(server: FleetServer, token: str, fingerprint: str, records: list[dict[s
 
 def device_with_runs(server: FleetServer) -> tuple[str, str, list[dict[str, Any]]]:
     """A new device with 4 runs (2 correct, 1 compile error, 1 final-phase) and 1 tuning: (name, fingerprint, runs)."""
-    name, token = register(server)
+    name, token = register_device(server)
     fingerprint = f"fp-{name}"
     runs = [run_record(f"run:{name}:1", config={"BM": 16, "LOOP": "ijk"}, median_s=0.002, samples=[0.002, 0.0021]),
             run_record(f"run:{name}:2", config={"BM": 32, "LOOP": "ikj"}, median_s=0.001, samples=[0.001]),
@@ -111,7 +111,7 @@ def test_export_filters_and_bad_requests(server):
     bad = export(server, "xml")
     assert bad.status_code == 400 and "unknown export format" in bad.json()["error"]
     assert httpx.get(f"{server.url}/v1/telemetry/export", timeout=10).status_code == 401
-    _, device_token = register(server)
+    _, device_token = register_device(server)
     refused = httpx.get(f"{server.url}/v1/telemetry/export", headers={"Authorization": f"Bearer {device_token}"},
                         timeout=10)
     assert refused.status_code == 403
@@ -231,7 +231,7 @@ def test_train_from_fleet_trains_a_smoke_model_on_the_pulled_runs(new_fleet_db, 
     fingerprint = case[0]["device"]
     fleet = FleetServer(new_fleet_db("sqlite")).start()
     try:
-        name, token = register(fleet)
+        name, token = register_device(fleet)
         shape = ",".join(f"{k}={v}" for k, v in case[0]["shape"].items())
         runs = [run_record(f"run:{name}:{i}", kernel="gemv", kernel_key=r["kernel_key"], shape=shape,
                            target=r["target"], config=r["config"], status=r["status"], median_s=r["time_s"],
