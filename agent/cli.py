@@ -108,10 +108,16 @@ def probe(obj: _Context, profile_name: str | None, no_bandwidth: bool, save: str
 @json_option
 @click.pass_obj
 def kernels(obj: _Context, as_json: bool) -> None:
-    """List the kernels that can be tuned, their spaces, and how often each was tuned here."""
+    """List the kernels that can be tuned, their spaces (valid configurations at the default shape on this
+    machine, -march=native), and how often each was tuned here."""
+    from agent import hardware
+    from agent.hardware.targets import target_vector_bits
     from agent.kernels.problem import parse_shape
     from agent.kernels.registry import find_kernel, kernel_dirs
     from agent.kernels.space import Space
+
+    profile = hardware.probe(measure_bandwidth=False, compiler=obj.settings.compiler)
+    bits = target_vector_bits("native", profile)
 
     with obj.open_store() as store:
         tuned: dict[str, int] = {}
@@ -120,7 +126,8 @@ def kernels(obj: _Context, as_json: bool) -> None:
     rows = []
     for name, directory in sorted(kernel_dirs().items()):
         spec = find_kernel(str(directory))
-        space = Space.build(parse_shape(spec, None)) if spec.default_shape else None
+        space = (Space.build(parse_shape(spec, None), vector_bits=bits, max_threads=profile.logical_cores)
+                 if spec.default_shape else None)
         rows.append({
             "name": name, "key": spec.key,
             "params": " ".join(f"{p.name}:{p.role}" for p in spec.params),
@@ -172,7 +179,7 @@ def tune(obj: _Context, kernel: str, shape: str | None, strategy: str, budget: s
     from agent.bench.compile import Toolchain
     from agent.kernels.problem import parse_shape
     from agent.kernels.registry import find_kernel
-    from agent.kernels.space import Space, parse_config
+    from agent.kernels.space import WIDEST_VECTOR_BITS, Space, parse_config
     from agent.search import get_strategy
     from agent.tuner import Budget, TuneOptions, default_budget
     from agent.tuner import tune as tune_problem
@@ -182,7 +189,7 @@ def tune(obj: _Context, kernel: str, shape: str | None, strategy: str, budget: s
         raise click.BadParameter("must be positive", param_hint="--timeout")
     parsed_budget = Budget.parse(budget) if budget is not None else default_budget(strategy)
     problem = parse_shape(find_kernel(kernel), shape)
-    requested = tuple(Space.build(problem).check(parse_config(c)) for c in configs)
+    requested = tuple(Space.build(problem, vector_bits=WIDEST_VECTOR_BITS).check(parse_config(c)) for c in configs)
     profile = hardware.probe(measure_bandwidth=False, compiler=obj.settings.compiler)
     toolchain = Toolchain.detect(obj.settings.compiler, target, cpu_tag=profile.fingerprint())
     options = TuneOptions(strategy=strategy, budget=parsed_budget, target=target, seed=seed,

@@ -25,6 +25,7 @@ from agent.bench.compile import Toolchain, compile_candidate
 from agent.bench.measure import MeasureSettings, measure_interleaved
 from agent.bench.session import WorkerSession
 from agent.hardware import probe
+from agent.hardware.targets import target_vector_bits
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space, config_key
@@ -53,7 +54,8 @@ def main() -> int:
         with Store.open(cache / "bench.db") as store:
             for shape in args.shapes:
                 problem = parse_shape(spec, shape)
-                space = Space.build(problem, max_threads=profile.logical_cores)
+                space = Space.build(problem, max_threads=profile.logical_cores,
+                                    vector_bits=target_vector_bits(toolchain.target, profile))
                 size = space.size()
                 started = time.perf_counter()
                 result = tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=cache,

@@ -11,6 +11,7 @@ import pytest
 
 from agent.bench.compile import Toolchain
 from agent.hardware import HardwareProfile, probe
+from agent.hardware.targets import available_targets
 from agent.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,14 @@ def profile() -> HardwareProfile:
 @pytest.fixture(scope="session")
 def toolchain(profile: HardwareProfile) -> Toolchain:
     return Toolchain.detect("cc", "native", cpu_tag=profile.fingerprint())
+
+
+@pytest.fixture(scope="session", params=["baseline", "native"])
+def any_width_toolchain(request: pytest.FixtureRequest, profile: HardwareProfile) -> Toolchain:
+    """Both ends of this CPU's vector widths: its architecture's baseline level (x86-64: 128-bit SSE2;
+    arm64: armv8-a) and ``native`` (256 on AVX2, 512 on AVX-512), whatever machine the suite runs on."""
+    target = available_targets(profile)[0] if request.param == "baseline" else "native"
+    return Toolchain.detect("cc", target, cpu_tag=profile.fingerprint())
 
 
 @pytest.fixture

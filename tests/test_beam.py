@@ -27,6 +27,14 @@ PROFILE = {"kind": "cpu", "arch": "x86_64", "vector_bits": 256, "physical_cores"
 
 Query = tuple[list[int], np.ndarray, list[list[int]]]
 
+# beam and score feed the same tokens to llama.cpp in batches of other shapes, so its CPU kernels add
+# the same products in another order (which order depends on the SIMD level: AVX-512 and AVX2 differ).
+# Before every Q4_0 matmul the activations are re-quantized to 8 bits (Q8_0, a step of 1/127 of each
+# 32-value block's largest): a one-ulp difference upstream can flip one of those steps and move a
+# log-probability by ~1e-4 per slot. Seen: 6.6e-4 over 8 slots on AVX2. A bug (a wrong position, a
+# wrong beam) moves it by 0.1 or more.
+ACROSS_BATCHES = {"rtol": 1e-4, "atol": 2e-3}
+
 
 def built_in(name: str) -> Query:
     """Prompt, every valid configuration's tokens, and allowed ids per slot, for a built-in kernel's default shape."""
@@ -73,7 +81,7 @@ def test_log_probs_equal_score(student: LocalModel, gemm: Query) -> None:
     for width in (32, 8):
         index, logp = student.beam(prompt, rows, allowed, width=width)
         assert check_groups(rows, index, logp) == width
-        np.testing.assert_allclose(logp, student.score(prompt, rows[index], allowed), rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(logp, student.score(prompt, rows[index], allowed), **ACROSS_BATCHES)
         print(f"gemm, {len(rows)} rows, width {width}: beam's best is number "
               f"{int((full > logp[0] + 1e-5).sum()) + 1} of the whole space by score")
 
@@ -84,7 +92,7 @@ def test_width_above_rows_returns_all_in_score_order(student: LocalModel, gemm: 
     index, logp = student.beam(prompt, some, allowed, width=64)
     assert sorted(index.tolist()) == list(range(len(some)))
     assert check_groups(some, index, logp) == len(some) - 3
-    np.testing.assert_allclose(logp, student.score(prompt, some[index], allowed), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(logp, student.score(prompt, some[index], allowed), **ACROSS_BATCHES)
 
 
 def test_width_one_is_greedy(student: LocalModel, gemm: Query) -> None:
@@ -98,7 +106,7 @@ def test_width_one_is_greedy(student: LocalModel, gemm: Query) -> None:
         under = under[rows[under, j] == best]
     index, logp = student.beam(prompt, rows, allowed, width=1)
     assert index.tolist() == under.tolist()
-    np.testing.assert_allclose(logp, total, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(logp, total, **ACROSS_BATCHES)
 
 
 def test_every_beam_ends_on_a_valid_row(student: LocalModel, gemm: Query) -> None:
@@ -114,7 +122,7 @@ def test_every_beam_ends_on_a_valid_row(student: LocalModel, gemm: Query) -> Non
         index, logp = student.beam(prompt, valid, allowed, width=width)
         assert len(index) >= width and all(tuple(r) in valid_keys for r in valid[index].tolist())
         assert not (valid[index, :-1] == rows[best, :-1]).all(axis=1).any()
-        np.testing.assert_allclose(logp, student.score(prompt, valid[index], allowed), rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(logp, student.score(prompt, valid[index], allowed), **ACROSS_BATCHES)
 
 
 def test_prompt_cache_survives_only_what_keeps_it(gemm: Query) -> None:

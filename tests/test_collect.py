@@ -10,6 +10,7 @@ import time
 
 from agent.collect import Case, CollectOptions, case_configs, collect_case
 from agent.dataset import read_dataset
+from agent.hardware.targets import target_vector_bits
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space, config_key
@@ -27,7 +28,7 @@ def test_a_case_measures_its_whole_small_space_once_and_a_rerun_skips_it(store, 
     options = CollectOptions(configs_per_case=50, measure=QUICK)
     first = collect_case(Case(problem, "native", 1), profile=profile, store=store, toolchain=toolchain,
                          cache_dir=cache_dir, options=options)
-    legal = Space.build(problem, max_threads=1).size()
+    legal = Space.build(problem, max_threads=1, vector_bits=target_vector_bits("native", profile)).size()
     assert (first.state, first.planned, first.measured_now, first.valid) == ("measured", legal, legal, legal)
     assert first.best_s < first.default_s  # REPEAT=1 beats the default REPEAT=32
     again = collect_case(Case(problem, "native", 1), profile=profile, store=store, toolchain=toolchain,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.daemon.politeness import others_cpu_percent
+from agent.hardware.probe import usable_cpus
 from agent.store import Store
 from tests.conftest import run_cli
 from tests.daemon_process import DaemonProcess, committed_run_ids, write_config, write_preset
@@ -141,11 +143,18 @@ def test_sigterm_at_random_moments_keeps_every_committed_run_and_requeues_the_wo
 
 
 def test_tuning_pauses_while_the_system_is_busy_and_resumes_after(tmp_path, daemon_env):
-    write_config(Path(daemon_env["EDGETUNE_CONFIG"]), preset=str(tmp_path / "tiny.toml"), poll_interval="1s",
-                 busy_cpu_percent=40)
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    daemon = DaemonProcess(tmp_path, daemon_env)
+    # One hog per CPU this process may use, whatever the machine; the threshold sits below what they
+    # reach as the daemon measures it (a cgroup quota can leave them spread thin over many CPUs).
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cpus())]
+    daemon = None
     try:
+        loaded = others_cpu_percent(2.0)
+        if loaded < 50:
+            pytest.skip(f"{len(hogs)} CPU hogs keep this process's CPUs only {loaded:.0f}% busy: a CPU limit "
+                        "the probe cannot see (a cgroup v1 quota?)")
+        write_config(Path(daemon_env["EDGETUNE_CONFIG"]), preset=str(tmp_path / "tiny.toml"), poll_interval="1s",
+                     busy_cpu_percent=int(loaded * 0.8))
+        daemon = DaemonProcess(tmp_path, daemon_env)
         ready = daemon.wait_for(lambda m: m == "READY=1", 60)
         paused = daemon.wait_for(lambda m: m.startswith("STATUS=paused: the system is busy"), 60, after=ready)
         time.sleep(3)
@@ -160,7 +169,8 @@ def test_tuning_pauses_while_the_system_is_busy_and_resumes_after(tmp_path, daem
         for hog in hogs:
             if hog.poll() is None:
                 hog.kill()
-        daemon.close()
+        if daemon is not None:
+            daemon.close()
 
 
 def test_a_bad_config_is_one_line_before_anything_starts(tmp_path, daemon_env):

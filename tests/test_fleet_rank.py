@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent.fleet.rank import TeacherRanker, answer_request
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
-from agent.kernels.space import Space
+from agent.kernels.space import WIDEST_VECTOR_BITS, Space
 from agent.predict.cloud import CloudClient, CloudSettings, merge_rankings
 from agent.predict.rank_protocol import MAX_CANDIDATES, MAX_PROMPT, RankRequest, candidate_key, request_for
 from agent.tuner import TuneOptions, tune
@@ -185,7 +185,7 @@ def test_a_body_that_is_not_json_content_is_a_415(fleet, device, small):
 
 def _invalid_configs(case: RankCase) -> list[dict[str, Any]]:
     """Configurations of the gemm parameters' values that break one of its constraints (even at 512 bits)."""
-    widest = Space.build(case.space.problem)
+    widest = Space.build(case.space.problem, vector_bits=WIDEST_VECTOR_BITS)
     names = [p.name for p in case.space.params]
     found = []
     for values in itertools.product(*(p.values for p in case.space.params)):

@@ -216,3 +216,24 @@ def test_probe_without_bandwidth_is_quick():
     start = time.perf_counter()
     probe(measure_bandwidth=False)
     assert time.perf_counter() - start < 2.0
+
+
+def test_usable_cpus_follow_affinity_and_the_tightest_cgroup_quota(tmp_path: Path):
+    import os
+
+    from agent.hardware.probe import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    root = tmp_path / "cgroup"
+    (root / "system.slice" / "edgetune.service").mkdir(parents=True)
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/system.slice/edgetune.service\n")
+    assert usable_cpus(root, own) == affinity  # no cpu.max anywhere: the affinity alone
+    (root / "system.slice" / "edgetune.service" / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(root, own) == affinity
+    (root / "system.slice" / "cpu.max").write_text("150000 100000\n")  # a parent's 1.5 CPUs bind: 2 threads
+    assert usable_cpus(root, own) == min(affinity, 2)
+    (root / "system.slice" / "edgetune.service" / "cpu.max").write_text("50000 100000\n")
+    assert usable_cpus(root, own) == 1
+    own.write_text("12:cpu:/\n")  # cgroup v1 only: no unified line, the root has no quota
+    assert usable_cpus(root, own) == affinity

@@ -190,10 +190,13 @@ def test_a_models_folder_without_cost_model_or_calibration_still_predicts(tmp_pa
     shutil.copyfile(MODELS / STUDENT_FILE, folder / STUDENT_FILE)
     (folder / "confidence.json").write_text("{not json", encoding="utf-8")
     problem = parse_shape(find_kernel(KERNEL), SHAPE)
+    from agent.hardware.targets import target_vector_bits
     from agent.kernels.space import Space
 
     with Predictor(folder) as predictor:
-        prediction = predictor.predict(Space.build(problem), profile.to_dict())
+        space = Space.build(problem, max_threads=profile.logical_cores,
+                            vector_bits=target_vector_bits("native", profile))
+        prediction = predictor.predict(space, profile.to_dict())
     assert prediction.confidence is None and not prediction.confident and not prediction.cost_model_used
     assert any("calibration" in w for w in predictor.warnings)
     assert any(COST_MODEL_FILE in w for w in predictor.warnings)

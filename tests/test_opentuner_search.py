@@ -101,7 +101,7 @@ class FakeEvaluator:
 
 
 def replay(kernel: str, shape: str, budget: int, seed: int) -> list[str]:
-    space = Space.build(parse_shape(find_kernel(kernel), shape), max_threads=2)
+    space = Space.build(parse_shape(find_kernel(kernel), shape), max_threads=2, vector_bits=256)
     evaluator = FakeEvaluator(space, budget)
     evaluator.evaluate([space.default()])
     get_strategy("opentuner")(evaluator, space, random.Random(seed))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from .conftest import TEST_KERNELS
 
 @pytest.fixture
 def spin_space() -> Space:
-    return Space.build(parse_shape(find_kernel(str(TEST_KERNELS / "spin")), None))
+    return Space.build(parse_shape(find_kernel(str(TEST_KERNELS / "spin")), None), vector_bits=128)
 
 
 def test_enumeration_applies_constraints(spin_space: Space):
@@ -31,8 +31,9 @@ def test_check_rejects_unknown_parameters_and_values_outside_the_space(spin_spac
     assert spin_space.check({"REPEAT": 1}) == {"REPEAT": 1, "UNROLL": 1}
 
 
-def test_gemm_space_has_hundreds_of_legal_configurations():
-    space = Space.build(parse_shape(find_kernel("gemm"), None), max_threads=2)
+@pytest.mark.parametrize("vector_bits", [128, 256, 512])
+def test_gemm_space_has_hundreds_of_legal_configurations(vector_bits):
+    space = Space.build(parse_shape(find_kernel("gemm"), None), max_threads=2, vector_bits=vector_bits)
     assert space.size() >= 300
     assert space.is_valid(space.default())
 
@@ -40,7 +41,7 @@ def test_gemm_space_has_hundreds_of_legal_configurations():
 def test_threads_above_the_device_are_dropped():
     spec = find_kernel("gemm")
     threads = next(p for p in spec.params if p.role == "threads")
-    space = Space.build(parse_shape(spec, None), max_threads=1)
+    space = Space.build(parse_shape(spec, None), max_threads=1, vector_bits=256)
     assert {c[threads.name] for c in space.sample(50, random.Random(0))} == {1}
 
 

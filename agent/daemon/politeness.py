@@ -31,9 +31,16 @@ def lower_priority(nice: int = 19) -> list[str]:
 
 
 def others_cpu_percent(sample_s: float) -> float:
-    """How much of all CPUs the rest of the system used over ``sample_s`` seconds (0-100).
+    """How much of the CPUs this process may run on the rest of the system used over ``sample_s`` seconds (0-100).
 
     Called while the daemon itself is idle (between tunings, its worker gone), so what is
-    measured is the device's own work.
+    measured is the device's own work. Only the CPUs of the daemon's affinity count: on a
+    device that pins it to two cores, those two being busy is what matters.
     """
-    return float(psutil.cpu_percent(interval=sample_s))
+    per_cpu = psutil.cpu_percent(interval=sample_s, percpu=True)
+    try:
+        mine = [per_cpu[i] for i in os.sched_getaffinity(0) if i < len(per_cpu)]
+    except (AttributeError, OSError):  # not Linux
+        mine = []
+    chosen = mine or per_cpu
+    return float(sum(chosen) / len(chosen)) if chosen else 0.0

@@ -104,7 +104,7 @@ def screen(request: RankRequest) -> RankRequest:
     from agent.errors import KernelNotFound
     from agent.kernels.problem import parse_shape
     from agent.kernels.registry import find_kernel
-    from agent.kernels.space import Space
+    from agent.kernels.space import WIDEST_VECTOR_BITS, Space
 
     try:
         spec = find_kernel(request.kernel)
@@ -114,7 +114,7 @@ def screen(request: RankRequest) -> RankRequest:
         raise RankBusy(f"kernel {request.kernel!r} does not load here: {exc}", retry_after=60) from None
     try:
         shape = ",".join(f"{dim}={extent}" for dim, extent in request.shape.items())
-        space = Space.build(parse_shape(spec, shape))
+        space = Space.build(parse_shape(spec, shape), vector_bits=WIDEST_VECTOR_BITS)  # declared values only
     except EdgetuneError as exc:
         raise RankProtocolError(f"{_WHAT}: field 'shape' does not fit kernel {spec.name!r}: {exc}") from None
     params = {p.name: p.values for p in space.params}

@@ -29,6 +29,8 @@ SYSFS_CPU = Path("/sys/devices/system/cpu")
 PROC_CPUINFO = Path("/proc/cpuinfo")
 DEVICETREE_MODEL = Path("/sys/firmware/devicetree/base/model")
 SVE_DEFAULT_VL = Path("/proc/sys/abi/sve_default_vector_length")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 TRIAD_SOURCE = Path(__file__).resolve().with_name("triad.c")
 
 MIN_TRIAD_ARRAY = 32 * 2**20
@@ -71,7 +73,7 @@ def probe(*, measure_bandwidth: bool = True, compiler: str = "cc",
     vendor, model = cpu_identity(cpuinfo)
     flags = simd_flags(cpuinfo)
     isa = widest_isa(flags)
-    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
+    logical = usable_cpus()
     physical = min(psutil.cpu_count(logical=False) or logical, logical)
     l1d, l2, l3 = cache_sizes(SYSFS_CPU)
     board = (_read_text(DEVICETREE_MODEL) or "").strip("\0\n ") or _first(cpuinfo, "Model")
@@ -113,6 +115,31 @@ def probe(*, measure_bandwidth: bool = True, compiler: str = "cc",
         gpu_memory_bytes=gpu_memory,
         source="probe",
     )
+
+
+def usable_cpus(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = PROC_SELF_CGROUP) -> int:
+    """Hardware threads this process may run on: its CPU affinity, capped by cgroup v2 CPU quotas.
+
+    A container or a systemd slice often sees all of a host's CPUs in /proc but may use only a few;
+    a kernel tuned for 64 threads on a 2-CPU quota is tuned for the wrong machine. Every cgroup from
+    this process's own up to the root may set a quota (``cpu.max``); the smallest one binds.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = psutil.cpu_count(logical=True) or os.cpu_count() or 1
+    own = next((line[3:] for line in (_read_text(self_cgroup) or "").splitlines() if line.startswith("0::")), "/")
+    folder = cgroup_root / own.strip().lstrip("/")
+    for directory in (folder, *folder.parents):
+        quota, _, period = (_read_text(directory / "cpu.max") or "").strip().partition(" ")
+        try:
+            if quota != "max":
+                count = min(count, max(1, -(-int(quota) // int(period))))  # a 1.5-CPU quota runs 2 threads
+        except ValueError:  # no such file (cgroup v1, the root), or an unreadable one
+            pass
+        if directory == cgroup_root:
+            break
+    return max(count, 1)
 
 
 def parse_cpuinfo(text: str) -> list[dict[str, str]]:

@@ -17,12 +17,13 @@ from agent.errors import ConfigError, ExpressionError, SpecError
 from agent.kernels.problem import Problem
 from agent.kernels.spec import TARGET_VECTOR_NAME, Param, ParamValue
 
-__all__ = ["Config", "Space", "config_key", "parse_config"]
+__all__ = ["WIDEST_VECTOR_BITS", "Config", "Space", "config_key", "parse_config"]
 
 Config = dict[str, ParamValue]
 
-# Constraints see this VECTOR_BITS when nobody said which target the space is for.
-DEFAULT_VECTOR_BITS = 512
+# The widest vector any supported target has (AVX-512). Only for spaces whose constraints do not
+# matter to the caller (checking declared values); a space a device tunes is built for its target.
+WIDEST_VECTOR_BITS = 512
 # Above this many raw combinations the space is sampled, never listed in full.
 _ENUMERATE_LIMIT = 2_000_000
 
@@ -54,15 +55,15 @@ class Space:
 
     problem: Problem
     params: tuple[Param, ...]
-    vector_bits: int = DEFAULT_VECTOR_BITS
+    vector_bits: int
 
     @classmethod
-    def build(cls, problem: Problem, *, max_threads: int | None = None,
-              vector_bits: int | None = None) -> Space:
+    def build(cls, problem: Problem, *, vector_bits: int, max_threads: int | None = None) -> Space:
         """Make the space; thread-count values above ``max_threads`` are dropped (oversubscription).
 
-        ``vector_bits`` is what constraints see as ``VECTOR_BITS`` (see
-        ``agent.hardware.targets.target_vector_bits``); None means the widest, 512.
+        ``vector_bits`` is what constraints see as ``VECTOR_BITS``: the compile target's width
+        (``agent.hardware.targets.target_vector_bits``). It has no default because a space built
+        wider than its target offers configurations the target refuses.
         """
         params = []
         for p in problem.spec.params:
@@ -73,7 +74,7 @@ class Space:
                         (v for v in kept if isinstance(v, int)), default=kept[0])
                     p = Param(p.name, p.role, kept, default, p.description)
             params.append(p)
-        return cls(problem=problem, params=tuple(params), vector_bits=vector_bits or DEFAULT_VECTOR_BITS)
+        return cls(problem=problem, params=tuple(params), vector_bits=vector_bits)
 
     @property
     def names(self) -> tuple[str, ...]:
