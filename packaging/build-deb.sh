@@ -11,7 +11,8 @@
 # Environment: PYTHON (default /usr/bin/python3), DIST (default dist), CMAKE_ARGS (passed to
 # a llama-cpp-python source build, if pip's wheel cache cannot supply the wheel),
 # LLAMA_PORTABLE (default 1: build llama.cpp for any CPU of the architecture; 0 reuses pip's
-# cached wheel, made for this machine's CPU: see below),
+# cached wheel, made for this machine's CPU: see below), LLAMA_WHEEL (a llama-cpp-python wheel
+# that an earlier portable build made, installed instead of building it again),
 # SOURCE_DATE_EPOCH (file times in the package; default: the last commit's time).
 set -euo pipefail
 
@@ -52,14 +53,20 @@ mkdir -p "$work/src"
 tar -C "$ROOT" --exclude=./.venv --exclude=./.git --exclude=./dist --exclude=./build \
     --exclude='*.egg-info' --exclude=./models --exclude=./benchmarks -cf - . | tar -C "$work/src" -xf -
 "$PYTHON" -m venv "$venv"
-# LLAMA_PORTABLE=1 (the default) builds llama.cpp from source for any CPU of this architecture
-# (GGML_NATIVE=OFF: the baseline, on x86-64 SSE only; add e.g. -DGGML_AVX2=ON -DGGML_FMA=ON
-# -DGGML_F16C=ON to CMAKE_ARGS for x86-64-v3 devices) instead of taking pip's cached wheel,
-# which a GGML_NATIVE build made for the build machine's CPU (AVX-512 here): about 5 minutes
-# on two cores; pip's wheel cache is neither read nor written.
+# LLAMA_PORTABLE=1 (the default) builds llama.cpp from source for every CPU of this
+# architecture, fast on each: GGML_BACKEND_DL with GGML_CPU_ALL_VARIANTS builds one CPU library
+# per level (on x86-64: SSE4.2, AVX, AVX2 (haswell), AVX-512 (skylakex, icelake, zen4), AMX ...),
+# installed beside libllama, and at run time ggml loads the one that scores best on the device's
+# processor (agent.predict.local_model.load_cpu_backend). This replaces pip's cached wheel, which
+# a GGML_NATIVE build made for the build machine's CPU alone (it dies with SIGILL on an older
+# one). About 20 minutes on two cores; pip's wheel cache is neither read nor written.
 pip_args=()
-if [ "${LLAMA_PORTABLE:-1}" = 1 ]; then
-    export CMAKE_ARGS="$CMAKE_ARGS -DGGML_NATIVE=OFF"
+if [ -n "${LLAMA_WHEEL:-}" ]; then
+    [ -f "$LLAMA_WHEEL" ] || die "LLAMA_WHEEL=$LLAMA_WHEEL is not a file"
+    "$venv/bin/python" -m pip install --quiet --no-compile --no-deps "$LLAMA_WHEEL"
+elif [ "${LLAMA_PORTABLE:-1}" = 1 ]; then
+    export CMAKE_ARGS="$CMAKE_ARGS -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON"
+    export CMAKE_ARGS="$CMAKE_ARGS -DCMAKE_INSTALL_BINDIR=llama_cpp/lib"  # the variants beside libllama
     pip_args=(--no-cache-dir --no-binary llama-cpp-python)
 fi
 "$venv/bin/python" -m pip install --quiet --no-compile "${pip_args[@]}" "$work/src" 2>&1 \

@@ -11,7 +11,7 @@ import pytest
 
 from agent.bench.compile import Toolchain
 from agent.hardware import HardwareProfile, probe
-from agent.hardware.targets import available_targets
+from agent.hardware.targets import available_targets, target_vector_bits
 from agent.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +36,14 @@ def toolchain(profile: HardwareProfile) -> Toolchain:
     return Toolchain.detect("cc", "native", cpu_tag=profile.fingerprint())
 
 
-@pytest.fixture(scope="session", params=["baseline", "native"])
-def any_width_toolchain(request: pytest.FixtureRequest, profile: HardwareProfile) -> Toolchain:
-    """Both ends of this CPU's vector widths: its architecture's baseline level (x86-64: 128-bit SSE2;
-    arm64: armv8-a) and ``native`` (256 on AVX2, 512 on AVX-512), whatever machine the suite runs on."""
-    target = available_targets(profile)[0] if request.param == "baseline" else "native"
-    return Toolchain.detect("cc", target, cpu_tag=profile.fingerprint())
+def targets_by_width(profile: HardwareProfile) -> dict[int, str]:
+    """One compile target per vector width this CPU runs, whatever machine the suite is on: ``native``
+    for its widest, the narrowest -march level for each narrower width (an AVX-512 machine: 128-bit
+    x86-64, 256-bit x86-64-v3 (what an AVX2 machine's native is), 512-bit native; arm64: native)."""
+    chosen = {target_vector_bits("native", profile): "native"}
+    for target in available_targets(profile):
+        chosen.setdefault(target_vector_bits(target, profile), target)
+    return dict(sorted(chosen.items()))
 
 
 @pytest.fixture

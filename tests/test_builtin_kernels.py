@@ -4,6 +4,8 @@ import random
 
 import pytest
 
+from agent.bench.compile import Toolchain
+from agent.hardware import probe
 from agent.hardware.targets import target_vector_bits
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel, kernel_dirs
@@ -11,6 +13,7 @@ from agent.kernels.space import Space
 from agent.kernels.workloads import find_workload, list_workloads
 from agent.tuner import Budget, TuneOptions, tune
 
+from .conftest import targets_by_width
 from .test_tuner import QUICK
 
 BUILTIN = sorted(kernel_dirs())
@@ -32,16 +35,21 @@ def test_space_is_large_enough_and_never_wider_than_the_target(name):
     assert narrow.is_valid(narrow.default())
 
 
+WIDTHS = targets_by_width(probe(measure_bandwidth=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", WIDTHS.values(), ids=[f"{bits}bit" for bits in WIDTHS])
 @pytest.mark.parametrize("name", BUILTIN)
-def test_default_and_random_configurations_match_the_reference(name, store, profile, any_width_toolchain,
-                                                               cache_dir):
+def test_default_and_random_configurations_match_the_reference(name, target, store, profile, cache_dir):
     spec = find_kernel(name)
     problem = parse_shape(spec, "small")
+    toolchain = Toolchain.detect("cc", target, cpu_tag=profile.fingerprint())
     # The space the tuner builds for this target: a sample never holds a vector wider than the code may use.
     space = Space.build(problem, max_threads=min(2, profile.logical_cores),
-                        vector_bits=target_vector_bits(any_width_toolchain.target, profile))
+                        vector_bits=target_vector_bits(target, profile))
     configs = tuple(space.sample(5, random.Random(name)))
-    result = tune(problem, profile=profile, store=store, toolchain=any_width_toolchain, cache_dir=cache_dir,
+    result = tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=cache_dir,
                   options=TuneOptions(budget=Budget(), configs=configs, measure=QUICK))
     statuses = {r["config"]: (r["status"], r["reason"]) for r in store.runs(tuning_id=result.tuning_id)}
     assert len(statuses) >= len({str(c) for c in configs})

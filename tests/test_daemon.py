@@ -152,8 +152,9 @@ def test_tuning_pauses_while_the_system_is_busy_and_resumes_after(tmp_path, daem
         if loaded < 50:
             pytest.skip(f"{len(hogs)} CPU hogs keep this process's CPUs only {loaded:.0f}% busy: a CPU limit "
                         "the probe cannot see (a cgroup v1 quota?)")
+        threshold = int(loaded * 0.8)
         write_config(Path(daemon_env["EDGETUNE_CONFIG"]), preset=str(tmp_path / "tiny.toml"), poll_interval="1s",
-                     busy_cpu_percent=int(loaded * 0.8))
+                     busy_cpu_percent=threshold)
         daemon = DaemonProcess(tmp_path, daemon_env)
         ready = daemon.wait_for(lambda m: m == "READY=1", 60)
         paused = daemon.wait_for(lambda m: m.startswith("STATUS=paused: the system is busy"), 60, after=ready)
@@ -163,7 +164,16 @@ def test_tuning_pauses_while_the_system_is_busy_and_resumes_after(tmp_path, daem
         for hog in hogs:
             hog.kill()
             hog.wait()
-        daemon.wait_for(lambda m: m.startswith("STATUS=tuning"), 90, after=paused)
+        try:
+            daemon.wait_for(lambda m: m.startswith("STATUS=tuning"), 90, after=paused)
+        except AssertionError:
+            # Staying paused is right while other work keeps the machine busy (a build beside the suite):
+            # only a daemon that stays paused on an idle machine fails.
+            still = others_cpu_percent(2.0)
+            if still > threshold:
+                pytest.skip(f"other work kept the CPUs {still:.0f}% busy (over the {threshold}% threshold) after "
+                            "the hogs were killed: resuming cannot be observed")
+            raise
         assert daemon.stop()[0] == 0
     finally:
         for hog in hogs:

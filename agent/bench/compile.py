@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import ConfigError, ToolchainError
+from agent.hardware.probe import usable_cpus
 from agent.kernels.spec import IDENTIFIER, KernelSpec, ParamValue
 
 __all__ = ["Build", "Toolchain", "compile_candidate", "compile_many", "macro_flags"]
@@ -144,7 +145,7 @@ def compile_candidate(spec: KernelSpec, config: Mapping[str, ParamValue], toolch
 def compile_many(spec: KernelSpec, configs: Sequence[Mapping[str, ParamValue]],
                  toolchain: Toolchain, cache_dir: Path, jobs: int | None = None) -> list[Build]:
     """Compile candidates in parallel (one compiler process per core), results in input order."""
-    jobs = jobs or os.cpu_count() or 1
+    jobs = jobs or usable_cpus()
     if len(configs) <= 1 or jobs == 1:
         return [compile_candidate(spec, c, toolchain, cache_dir) for c in configs]
     with ThreadPoolExecutor(max_workers=min(jobs, len(configs))) as pool:

@@ -39,15 +39,40 @@ from typing import Any
 
 import numpy as np
 
+from agent.hardware.probe import usable_cpus
 from agent.predict.beam import beam_search, log_softmax
 from agent.predict.errors import ModelFileError
 from agent.predict.gguf_file import read_gguf
 from agent.predict.vocab import VOCAB_VERSION, vocabulary
 
-__all__ = ["LocalModel", "captured_stderr", "quiet_llama_logs", "read_model_file", "tensor_shapes"]
+__all__ = ["LocalModel", "captured_stderr", "load_cpu_backend", "quiet_llama_logs", "read_model_file", "tensor_shapes"]
 
 _REQUIRED_KEYS = ("llama.context_length", "llama.embedding_length", "llama.block_count", "llama.feed_forward_length",
                   "llama.attention.head_count", "edgetune.vocab_version", "edgetune.vocab_digest")
+
+
+def load_cpu_backend(llama_cpp: Any) -> None:
+    """Register llama.cpp's CPU backend if the build left that to the program.
+
+    A portable build (``GGML_BACKEND_DL=ON GGML_CPU_ALL_VARIANTS=ON``, what the Debian package
+    ships) holds one CPU library per x86-64 level beside libllama and registers none on its
+    own; ggml then loads the variant that scores best on this processor (AVX-512, AVX2, SSE4.2
+    ...). A usual build has its CPU backend linked in: then this does nothing.
+    """
+    lib = llama_cpp.llama_cpp._lib
+    try:
+        count, load_all = lib.ggml_backend_reg_count, lib.ggml_backend_load_all_from_path
+    except AttributeError:  # a llama.cpp older than the backend registry: always linked in
+        return
+    count.argtypes, count.restype = [], ctypes.c_size_t
+    if count():
+        return
+    load_all.argtypes, load_all.restype = [ctypes.c_char_p], None
+    folder = Path(getattr(llama_cpp.llama_cpp, "_base_path", Path(llama_cpp.llama_cpp.__file__).parent / "lib"))
+    load_all(os.fsencode(folder))  # where libllama was loaded from (LLAMA_CPP_LIB_PATH may move it)
+    if not count():
+        raise ModelFileError(f"llama.cpp in {folder} has no CPU backend this processor can run "
+                             "(a GGML_BACKEND_DL build without its libggml-cpu-*.so variants?)")
 
 
 @contextlib.contextmanager
@@ -220,9 +245,10 @@ class LocalModel:
         self._model = self._ctx = self._batch = self._memory = None
         self._prompt: tuple[int, ...] | None = None  # in every sequence of the cache, positions 0..len-1
         self._prompt_hidden = np.zeros(0, dtype=np.float32)  # its last position's final hidden state
-        threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+        threads = n_threads or max(1, usable_cpus() // 2)
         with captured_stderr() as log:
             llama_cpp.llama_backend_init()
+            load_cpu_backend(llama_cpp)
             self._model = llama_cpp.llama_model_load_from_file(os.fsencode(self._path),
                                                                llama_cpp.llama_model_default_params())
             if self._model:
