@@ -18,11 +18,11 @@ from agent.errors import StoreError
 from agent.kernels.space import config_key
 from agent.store.core import utc_now
 from agent.store.outbox import Outbox
+from agent.telemetry.record import STATUSES, run_data, tuning_data
 
 __all__ = ["INVALIDITY", "Results", "RunRecord"]
 
-# T4's "invalidity" vocabulary: why a configuration has no valid time.
-INVALIDITY = ("correct", "compile", "runtime", "timeout", "correctness", "constraints")
+INVALIDITY = STATUSES  # T4's "invalidity" vocabulary, defined once with the telemetry record
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class RunRecord:
     phase: str = "search"
     source: str | None = None  # model strategy: local, cloud, refine or default
     predicted_rank: int | None = None  # model strategy: 0-based place in the predicted ranking
+    backend: str = "c"  # what compiled and ran it: "c" (the system C compiler) or, later, "triton"
     created_at: str = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
@@ -69,28 +70,8 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
         "reason": run.reason, "median_s": run.median_s,
         "samples": json.dumps(list(run.samples)), "compile_s": run.compile_s,
         "source": run.source, "predicted_rank": run.predicted_rank, "created_at": run.created_at,
+        "backend": run.backend,
     }
-
-
-def _run_telemetry(run: RunRecord) -> dict[str, Any]:
-    """A run as the fleet's telemetry protocol carries it (``agent.fleet.protocol.RUN_FIELDS``)."""
-    return {"kernel": run.kernel, "kernel_key": run.kernel_key, "shape": run.shape, "target": run.target,
-            "compiler": run.compiler, "strategy": run.strategy, "phase": run.phase, "config": dict(run.config),
-            "status": run.status, "reason": run.reason, "median_s": run.median_s, "samples": list(run.samples),
-            "compile_s": run.compile_s, "source": run.source, "predicted_rank": run.predicted_rank,
-            "tuning_id": run.tuning_id}
-
-
-_TUNING_TELEMETRY = ("kernel", "shape", "target", "strategy", "budget", "evaluations", "wall_s", "winner_median_s",
-                     "speedup", "predict_s", "cloud_s", "compile_s", "benchmark_s", "confidence", "cloud",
-                     "winner_source", "winner_predicted_rank")
-
-
-def _tuning_telemetry(tuning: Mapping[str, Any]) -> dict[str, Any]:
-    """A finished tuning's summary as the telemetry protocol carries it."""
-    data = {name: tuning[name] for name in _TUNING_TELEMETRY}
-    data["winner_config"] = json.loads(tuning["winner_config"]) if tuning["winner_config"] else None
-    return data
 
 
 def _export_filters(tuning_id: int | None, kernels: Sequence[str], origin: str | None, strategy: str | None,
@@ -141,14 +122,15 @@ class Results(Outbox):
 
     def start_tuning(self, *, device: str, kernel_key: str, kernel: str, shape: str, target: str,
                      compiler: str, strategy: str, budget: str, seed: int, cores: int | None = None,
-                     origin: str = "measured", model_version: str | None = None) -> int:
+                     origin: str = "measured", model_version: str | None = None, backend: str = "c") -> int:
+        """Open a tuning session (state ``running``); returns its id."""
         with self._write() as db:
             table = db["tunings"]
             table.insert({
                 "device": device, "kernel_key": kernel_key, "kernel": kernel, "shape": shape,
                 "target": target, "compiler": compiler, "strategy": strategy, "budget": budget,
                 "seed": seed, "state": "running", "started_at": utc_now(), "cores": cores,
-                "origin": origin, "model_version": model_version,
+                "origin": origin, "model_version": model_version, "backend": backend,
             })
             return int(table.last_pk)
 
@@ -186,7 +168,7 @@ class Results(Outbox):
             table = db["runs"]
             table.insert(_run_row(run))
             run_id = int(table.last_pk)
-            self._enqueue(db, "run", run_id, run.device, run.created_at, _run_telemetry(run))
+            self._enqueue(db, "run", run_id, run.device, run.created_at, run_data(run))
             return run_id
 
     def add_runs(self, runs: list[RunRecord]) -> int:
@@ -221,7 +203,7 @@ class Results(Outbox):
             })
             tuning = db["tunings"].get(tuning_id)
             if (tuning["origin"] or "measured") == "measured":  # imports are other machines' data
-                self._enqueue(db, "tuning", tuning_id, tuning["device"], now, _tuning_telemetry(tuning))
+                self._enqueue(db, "tuning", tuning_id, tuning["device"], now, tuning_data(tuning))
             if winner_config is None or winner_run is None or not update_best:
                 return
             db["best"].upsert({

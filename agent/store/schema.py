@@ -103,3 +103,19 @@ def m005_daemon(db: sqlite_utils.Database) -> None:
     # One waiting request per case: a hook that runs twice (power loss, a retry) queues nothing new.
     db.execute("create unique index queue_waiting on queue (kernel, shape, target) where state = 'queued'")
 
+
+@migrations()
+def m006_backend(db: sqlite_utils.Database) -> None:
+    # Which backend produced a result ("c": the system C compiler through ctypes; "triton" later), beside the
+    # toolchain (``compiler``) it was built with. Every result before this was C.
+    for table in ("tunings", "runs"):
+        db[table].add_column("backend", str, not_null_default="c")
+
+
+@migrations()
+def m007_outbox_deferral(db: sqlite_utils.Database) -> None:
+    # A record the fleet cannot place yet (a newer kind, a newer protocol) stays in the outbox and waits:
+    # how often it was deferred, when to send it again, and the fleet's last reason.
+    db["outbox"].add_column("deferrals", int, not_null_default=0)
+    db["outbox"].add_column("retry_at", str)
+    db["outbox"].add_column("deferred_reason", str)
