@@ -8,6 +8,8 @@ next release would (an extra data field, a new kind).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import uuid
@@ -63,7 +65,10 @@ def test_a_newer_device_loses_nothing_on_an_older_fleet_and_delivers_after_the_u
         assert all("extra" not in r for key, r in kept.items() if key != NEWER_RUN)
         with fleet.operator() as client:
             lines = client.get("/v1/telemetry/export", params={"format": "jsonl", "device": name}).text.splitlines()
+            rows = list(csv.DictReader(io.StringIO(
+                client.get("/v1/telemetry/export", params={"format": "csv", "device": name}).text)))
         assert {"power_w": 4.5} in [json.loads(line).get("extra", {}).get("data") for line in lines]
+        assert len(rows) == 3 and {row["backend"] for row in rows} == {"c"}
         [waiting] = outbox(db)
         assert waiting["key"] == POWER and waiting["deferrals"] == 1 and "'power'" in waiting["deferred_reason"]
         assert counts(db) == {"outbox": 1, "dead_letter": 0}
@@ -123,3 +128,25 @@ def test_envelope_versions_old_current_and_newer(tmp_path):
         assert sorted(r["key"] for r in fleet.all_records(device=name)) == ["run:v1", "run:v2-c", "run:v3"]
     finally:
         fleet.kill()
+
+
+def test_the_store_sends_exactly_the_record_the_fleet_checks(store):
+    """One definition: what the outbox holds is what the fleet's validator accepts, with nothing left over."""
+    from agent.fleet.protocol import Acceptance, check_record
+    from agent.store import RunRecord
+    from agent.telemetry.record import KINDS
+
+    store.upsert_device("dev", {})
+    store.upsert_kernel("k-1", "k", "hash", {"params": []}, "tests")
+    tuning = store.start_tuning(device="dev", kernel_key="k-1", kernel="k", shape="N=1", target="native",
+                                compiler="cc 12", strategy="random", budget="10", seed=0)
+    run_id = store.add_run(RunRecord(tuning_id=tuning, device="dev", kernel_key="k-1", kernel="k", shape="N=1",
+                                     config={"A": 1}, target="native", compiler="cc 12", flags=(), strategy="random",
+                                     status="correct", samples=(1.0,), median_s=1.0))
+    store.finish_tuning(tuning, evaluations=1, wall_s=0.5, winner_run=run_id, winner_config={"A": 1},
+                        winner_median_s=1.0, default_median_s=1.0, speedup=1.0, tie=False)
+    for row in store.outbox_batch(10):
+        record = row["payload"]
+        assert set(record["data"]) == {f.name for f in KINDS[record["kind"]]}
+        verdict = check_record(record, protocol=PROTOCOL, acceptance=Acceptance())
+        assert (verdict.outcome, verdict.extra, verdict.data) == ("accept", None, record["data"])
