@@ -1,10 +1,9 @@
 """The telemetry outbox: records waiting for ``edgetune upload``, and those the fleet refused (``dead_letter``).
 
-A record the fleet cannot place yet (deferred) stays, and waits longer after each deferral.
-
 A run or a finished tuning enters the outbox in the transaction that stores it (see ``results``);
 the uploader takes batches of one device's records and removes them once the fleet acknowledged
-them. What each record carries is defined once, in ``agent.telemetry``.
+them. A record the fleet cannot place yet (deferred) stays, and waits longer after each deferral.
+What each record carries is defined once, in ``agent.telemetry``.
 """
 
 from __future__ import annotations
