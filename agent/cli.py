@@ -27,6 +27,7 @@ from rich.table import Table
 from agent.daemon.privileges import drop_to_store_owner
 from agent.errors import ConfigError, EdgetuneError, StoreBusy
 from agent.settings import Settings
+from agent.telemetry import STATUSES
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 70
@@ -230,8 +231,7 @@ def best(obj: _Context, kernel: str | None, as_json: bool) -> None:
 @cli.command()
 @click.option("--kernel", help="Only this kernel.")
 @click.option("--tuning", "tuning_id", type=int, help="Only runs of this tuning session.")
-@click.option("--status", type=click.Choice(["correct", "compile", "runtime", "timeout",
-                                             "correctness", "constraints"]),
+@click.option("--status", type=click.Choice(STATUSES),
               help="Only runs with this outcome (T4 vocabulary).")
 @click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
 @json_option
@@ -653,7 +653,7 @@ def upload(obj: _Context, batch_size: int, as_json: bool) -> None:
     run again: nothing is lost or sent twice.
     """
     from agent.settings import DEFAULT_CONFIG, FleetSettings
-    from agent.upload import upload as upload_outbox
+    from agent.telemetry.upload import upload as upload_outbox
 
     fleet = FleetSettings.from_environ()
     if fleet is None:

@@ -47,19 +47,21 @@ def child_env(**extra: str) -> dict[str, str]:
 class FleetServer:
     """``edgetune fleet serve`` as a child process; ``kill`` and ``start`` again on the same port and database.
 
-    ``db`` is what ``--db`` takes: a SQLite path or a PostgreSQL URL.
+    ``db`` is what ``--db`` takes: a SQLite path or a PostgreSQL URL. ``newer`` runs
+    ``tests/newer_fleet.py`` instead: the fleet one protocol version ahead.
     """
 
-    def __init__(self, db: str | Path, port: int | None = None) -> None:
+    def __init__(self, db: str | Path, port: int | None = None, *, newer: bool = False) -> None:
         self.db, self.port = db, port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.serve_args: list[str] = []  # more ``fleet serve`` options (--teacher, --rank-upstream, ...)
         self.serve_env: dict[str, str] = {}
+        self.newer = newer
 
     def start(self, timeout: float = 30.0) -> FleetServer:
-        cmd = [sys.executable, "-m", "agent.cli", "fleet", "serve", "--db", str(self.db), "--port", str(self.port),
-               *self.serve_args]
+        program = ["tests.newer_fleet"] if self.newer else ["agent.cli", "fleet", "serve"]
+        cmd = [sys.executable, "-m", *program, "--db", str(self.db), "--port", str(self.port), *self.serve_args]
         env = child_env(EDGETUNE_FLEET_OPERATOR_TOKEN=OPERATOR_TOKEN, **self.serve_env)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,4 +1,5 @@
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def test_migrations_are_recorded_and_reopening_keeps_data(db_path: Path):
         assert store.count("runs") == 1
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
         assert applied == ["m001_initial", "m002_cores_and_imports", "m003_prediction",
-                           "m004_outbox", "m005_daemon"]
+                           "m004_outbox", "m005_daemon", "m006_backend", "m007_outbox_deferral"]
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -154,6 +155,45 @@ def test_a_store_from_before_the_daemon_upgrades_and_keeps_its_best(db_path: Pat
         found = [(r["kernel"], r["stale"], r["compiler"], r["model_version"]) for r in rows]
         assert found == [("k", None, "cc 12", None)]
         assert store.queue() == []
+
+
+def test_a_store_from_before_backends_upgrades_its_results_to_c_and_records_the_backend_from_then_on(db_path: Path):
+    with Store.open(db_path) as store:
+        old_run = store.add_run(run(start(store)))
+        for table, column in (("runs", "backend"), ("tunings", "backend"), ("outbox", "deferrals"),
+                              ("outbox", "retry_at"), ("outbox", "deferred_reason")):
+            store.db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        store.db.execute("DELETE FROM _sqlite_migrations WHERE name in ('m006_backend', 'm007_outbox_deferral')")
+        store.db.conn.commit()
+    with Store.open(db_path) as store:
+        assert store.db["runs"].get(old_run)["backend"] == "c"
+        tuning = store.start_tuning(device="dev", kernel_key="k-1", kernel="k", shape="N=2", target="native",
+                                    compiler="triton 3.1", strategy="random", budget="10", seed=0, backend="triton")
+        new_run = store.add_run(run(tuning, shape="N=2", backend="triton"))
+        store.finish_tuning(tuning, evaluations=1, wall_s=0.5, winner_run=new_run, winner_config={"A": 1},
+                            winner_median_s=2.0, default_median_s=2.0, speedup=1.0, tie=False)
+        assert store.db["runs"].get(new_run)["backend"] == "triton"
+        assert store.tunings(limit=1)[0]["backend"] == "triton"
+        sent = {row["kind"]: row["payload"]["data"] for row in store.outbox_batch(10)}
+        assert sent["run"]["backend"] == "triton" and sent["tuning"]["backend"] == "triton"
+        assert run(1).backend == "c"
+
+
+def test_a_deferred_record_stays_in_the_outbox_and_waits_longer_after_each_deferral(store: Store):
+    tuning = start(store)
+    store.add_run(run(tuning))
+    store.add_run(run(tuning, config={"A": 2}))
+    first, second = (row["key"] for row in store.outbox_batch(10))
+    store.defer_outbox({first: "kind not read yet"}, base_s=100.0, cap_s=150.0)
+    store.ack_outbox([second], {})
+    assert store.outbox_batch(10) == [] and store.count("outbox") == 1 and store.count("dead_letter") == 0
+    row = store.db["outbox"].rows_where("key = ?", [first]).__next__()
+    assert row["deferrals"] == 1 and row["deferred_reason"] == "kind not read yet"
+    later = (datetime.now(timezone.utc) + timedelta(seconds=101)).isoformat(timespec="milliseconds")
+    assert [r["key"] for r in store.outbox_batch(10, due_before=later)] == [first]
+    store.defer_outbox({first: "still not"}, base_s=100.0, cap_s=150.0)  # 200 s, capped at 150
+    waits_until = store.db["outbox"].rows_where("key = ?", [first]).__next__()["retry_at"]
+    assert later < waits_until < (datetime.now(timezone.utc) + timedelta(seconds=151)).isoformat()
 
 
 def test_the_queue_keeps_one_waiting_request_per_case_and_gives_them_out_in_order(store: Store):

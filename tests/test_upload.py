@@ -80,7 +80,7 @@ def test_upload_sends_runs_and_tunings_once_and_the_fleet_counts_them_exactly(se
     fill(db, tunings=2, runs=3)
     result = upload(db, server.url, token, "--batch", "3")
     assert result == {"batches": 3, "sent": 8, "accepted": 8, "duplicates": 0, "rejected": 0, "dead_lettered": 0,
-                      "remaining": 0}
+                      "deferred": 0, "remaining": 0}
     records = server.all_records(device=name)
     assert {r["key"] for r in records} == local_keys(db) and len(records) == 8
     assert sorted(r["kind"] for r in records).count("tuning") == 2

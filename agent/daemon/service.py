@@ -323,7 +323,7 @@ class Daemon:
     def _upload(self, store: Store) -> None:
         if not self.fleet or time.monotonic() < self.next_upload:
             return
-        from agent.upload import RetryPolicy, upload
+        from agent.telemetry.upload import RetryPolicy, upload
 
         self.next_upload = time.monotonic() + self.config.upload_interval_s
         waiting = store.count("outbox")

@@ -28,9 +28,12 @@ from agent.fleet.protocol import (
     IDEMPOTENCY_HEADER,
     MAX_BODY_BYTES,
     MAX_RECORDS,
+    Acceptance,
+    ack_summary,
+    check_record,
+    envelope_version,
     valid_idempotency_key,
     validate_envelope,
-    validate_record,
 )
 from agent.fleet.rank import RankBusy, RankService
 from agent.fleet.storage import Device, FleetStore, IdempotencyConflict
@@ -101,15 +104,22 @@ def _parse_json(body: bytes) -> Any:
         raise _error(400, f"the body is not JSON: {str(exc)[:200]}") from None
 
 
-def create_app(db_path: str | Path, operator_token: str, *, ranking: RankService | None = None) -> FastAPI:
+def _key_of(record: Any) -> str | None:
+    return record.get("key") if isinstance(record, dict) and isinstance(record.get("key"), str) else None
+
+
+def create_app(db_path: str | Path, operator_token: str, *, ranking: RankService | None = None,
+               acceptance: Acceptance | None = None) -> FastAPI:
     """The fleet application over the database ``db_path`` (a SQLite path or a PostgreSQL URL);
     ``operator_token`` guards the reads.
 
+    ``acceptance`` is the telemetry it can place (default: this code's protocol versions and kinds).
     ``ranking`` answers ``POST /v1/rank`` (its model starts loading now); without it that endpoint answers 503.
     """
     if not operator_token:
         raise ValueError("an operator token is required")
     store = FleetStore(db_path)
+    accepts = acceptance or Acceptance()
     app = FastAPI(title="edgetune fleet", version="1", description=__doc__, default_response_class=AsciiJSONResponse)
 
     @app.exception_handler(HTTPException)
@@ -147,6 +157,11 @@ def create_app(db_path: str | Path, operator_token: str, *, ranking: RankService
         """Liveness: the service answers."""
         return {"status": "ok"}
 
+    @app.get("/v1/protocol")
+    async def protocol() -> dict[str, Any]:
+        """The telemetry protocol versions and record kinds this fleet reads."""
+        return accepts.describe()
+
     @app.post("/v1/telemetry")
     async def post_telemetry(request: Request) -> dict[str, Any]:
         """Store a device's batch of telemetry records (device token, Idempotency-Key)."""
@@ -160,6 +175,15 @@ def create_app(db_path: str | Path, operator_token: str, *, ranking: RankService
         if content_type != "application/json":
             raise _error(415, "Content-Type must be application/json")
         body = _parse_json(await _read_body(request))
+        version = envelope_version(body)
+        if isinstance(version, str):
+            raise _error(400, version)
+        if version > max(accepts.protocols):
+            # A newer device: nothing here can be read with certainty, so everything waits for an upgrade.
+            records = body.get("records") if isinstance(body.get("records"), list) else []
+            reason = f"protocol {version} is newer than this fleet reads ({', '.join(map(str, accepts.protocols))})"
+            return ack_summary(0, 0, [], protocol=version, acceptance=accepts,
+                               deferred=[{"key": k, "reason": reason} for k in map(_key_of, records) if k])
         problem = validate_envelope(body)
         if problem:
             raise _error(400, problem)
@@ -169,19 +193,27 @@ def create_app(db_path: str | Path, operator_token: str, *, ranking: RankService
             json.dumps(body["profile"]).encode("utf-8")
         except (UnicodeEncodeError, RecursionError, ValueError):
             raise _error(400, "profile must be a plain JSON object") from None
-        valid, rejected = [], []
+        valid, rejected, deferred = [], [], []
         for record in body["records"]:  # a key repeated inside the batch counts as a duplicate
-            problem = validate_record(record)
-            if problem is None:
-                valid.append(record)
+            verdict = check_record(record, protocol=version, acceptance=accepts)
+            if verdict.outcome == "accept":
+                valid.append({"key": record["key"], "kind": record["kind"], "created_at": record["created_at"],
+                              "data": verdict.data, "extra": verdict.extra})
             else:
-                key_of = record.get("key") if isinstance(record, dict) and isinstance(record.get("key"), str) else None
-                rejected.append({"key": key_of, "reason": problem})
+                (rejected if verdict.outcome == "reject" else deferred).append(
+                    {"key": _key_of(record), "reason": verdict.reason})
+
+        def summary(accepted: int, duplicates: int) -> dict[str, Any]:
+            return ack_summary(accepted, duplicates, rejected, protocol=version, deferred=deferred,
+                               acceptance=accepts)
+
+        if deferred and not valid and not rejected:
+            return summary(0, 0)  # nothing stored, nothing remembered: a resend after an upgrade is judged afresh
         # The records only: a resend whose device profile changed meanwhile is still the same batch.
         request_hash = hashlib.sha256(json.dumps(body["records"], sort_keys=True).encode("utf-8")).hexdigest()
         try:
-            return await run_in_threadpool(store.store_batch, device, key, request_hash, body["fingerprint"],
-                                           body["profile"], valid, rejected)
+            return await run_in_threadpool(lambda: store.store_batch(
+                device, key, request_hash, body["fingerprint"], body["profile"], valid, rejected, summary=summary))
         except IdempotencyConflict as exc:
             raise _error(422, str(exc)) from None
 

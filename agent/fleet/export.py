@@ -3,7 +3,9 @@
 ``export_chunks(store, fmt, ...)`` yields the export as text pieces, reading the database a page at
 a time, so an export of any size is never built whole in memory (``GET /v1/telemetry/export``
 streams it). ``jsonl`` is every matching record (runs and tunings) as ``GET /v1/telemetry`` gives
-it, one per line; ``csv`` is one row per run with the configuration and samples as JSON strings;
+it, one per line (with ``extra``, the fields a newer device sent that this fleet does not know);
+``csv`` is one row per run with the configuration and samples as JSON strings (``backend`` empty for
+runs from devices before protocol 2);
 ``t4`` is the runs as one T4 tuning-results document, each run through ``agent.interchange.t4``'s
 writer, with the kernel, shape, target and device in ``metadata`` when all runs share them.
 """
@@ -26,8 +28,8 @@ FORMATS = ("jsonl", "csv", "t4")
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "t4": "application/json"}
 PAGE = 1000
 CSV_COLUMNS = ("cursor", "device", "key", "created_at", "received_at", "kernel", "kernel_key", "shape", "target",
-               "compiler", "strategy", "phase", "config", "status", "reason", "median_s", "samples", "compile_s",
-               "source", "predicted_rank", "tuning_id")
+               "compiler", "backend", "strategy", "phase", "config", "status", "reason", "median_s", "samples",
+               "compile_s", "source", "predicted_rank", "tuning_id")
 _JSON_COLUMNS = {"config", "samples"}
 
 

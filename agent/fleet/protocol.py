@@ -1,28 +1,41 @@
-"""The fleet's telemetry wire protocol, shared by the server (``agent.fleet.app``) and the uploader.
+"""The fleet's side of the telemetry wire protocol: validating envelopes and records, and the answer.
 
-``POST /v1/telemetry`` (device token) carries ``{"fingerprint", "profile", "records": [...]}``; each
-record is ``{"key", "kind": "run" | "tuning", "created_at", "data"}``. The server validates every
-record on its own: a bad record is rejected with a reason, the others are stored.
+``POST /v1/telemetry`` (device token) carries an envelope of records (``agent.telemetry.record``
+defines both, and the versions). Each record is judged on its own:
+
+- accepted: stored; data fields this fleet does not know are kept beside it (``extra``);
+- rejected: it is invalid (a wrong type, a bad value, a missing field); the device moves it to
+  ``dead_letter``;
+- deferred: this fleet cannot place it yet (a kind it does not know, or an envelope version newer
+  than it reads); the device keeps it and sends it again later, when the fleet may be upgraded.
+
+Version 1 envelopes (no ``"protocol"``) get version 1's answer (``accepted``, ``duplicates``,
+``rejected``) and their unknown kinds are rejected, as before: such a device cannot defer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from agent.telemetry.record import ENVELOPE_FIELDS, KINDS, PROTOCOLS, RECORD_FIELDS, STATUSES, Field
+
 __all__ = [
     "IDEMPOTENCY_HEADER",
-    "KINDS",
     "MAX_BODY_BYTES",
     "MAX_RECORDS",
-    "RUN_FIELDS",
-    "TUNING_FIELDS",
+    "Acceptance",
+    "Verdict",
+    "ack_summary",
+    "check_record",
+    "envelope_version",
     "idempotency_key",
     "validate_envelope",
-    "validate_record",
 ]
 
 MAX_RECORDS = 1000
@@ -30,8 +43,6 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # of the JSON, after gunzip too
 MAX_KEY_CHARS = 256
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_CHARS = (8, 128)
-KINDS = ("run", "tuning")
-STATUSES = ("correct", "compile", "runtime", "timeout", "correctness", "constraints")
 
 Check = Callable[[Any], str | None]  # None when the value is fine, else why not
 
@@ -87,24 +98,35 @@ def _status(value: Any) -> str | None:
     return None if value in STATUSES else f"must be one of {', '.join(STATUSES)}"
 
 
-RUN_FIELDS: dict[str, Check] = {
-    "kernel": _text, "kernel_key": _text, "shape": _text, "target": _text, "compiler": _text,
-    "strategy": _text, "phase": _text, "config": _config, "status": _status, "reason": _text,
-    "median_s": _optional(_non_negative), "samples": _samples, "compile_s": _optional(_non_negative),
-    "source": _optional(_text), "predicted_rank": _optional(_integer), "tuning_id": _optional(_integer),
-}
+_CHECKS: dict[str, Check] = {"text": _text, "number": _number, "seconds": _non_negative, "integer": _integer,
+                             "config": _config, "samples": _samples, "status": _status}
 
-TUNING_FIELDS: dict[str, Check] = {
-    "kernel": _text, "shape": _text, "target": _text, "strategy": _text, "budget": _optional(_text),
-    "evaluations": _optional(_integer), "wall_s": _optional(_non_negative),
-    "winner_config": _optional(_config), "winner_median_s": _optional(_non_negative),
-    "speedup": _optional(_non_negative), "predict_s": _optional(_non_negative),
-    "cloud_s": _optional(_non_negative), "compile_s": _optional(_non_negative),
-    "benchmark_s": _optional(_non_negative), "confidence": _optional(_number), "cloud": _optional(_text),
-    "winner_source": _optional(_text), "winner_predicted_rank": _optional(_integer),
-}
 
-_FIELDS = {"run": RUN_FIELDS, "tuning": TUNING_FIELDS}
+def _check(field: Field) -> Check:
+    check = _CHECKS[field.type]
+    return _optional(check) if field.optional else check
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """What a fleet can place: the envelope versions it reads and the record kinds (with their fields)."""
+
+    protocols: tuple[int, ...] = PROTOCOLS
+    kinds: Mapping[str, tuple[Field, ...]] = field(default_factory=lambda: KINDS)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/protocol`` and every versioned answer tell a device."""
+        return {"protocols": list(self.protocols), "kinds": sorted(self.kinds)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One record's fate: ``accept`` (its known ``data``, its unknown fields in ``extra``), ``reject`` or ``defer``."""
+
+    outcome: str
+    reason: str = ""
+    data: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
 
 
 def _timestamp(value: Any) -> str | None:
@@ -117,17 +139,30 @@ def _timestamp(value: Any) -> str | None:
     return None
 
 
-def validate_envelope(body: Any) -> str | None:
-    """Why ``body`` is not a telemetry batch (the server answers 400), or None.
+def envelope_version(body: Any) -> int | str:
+    """The envelope's protocol version (1 when absent), or why its ``protocol`` field is not one."""
+    if not isinstance(body, dict) or "protocol" not in body:
+        return 1
+    version = body["protocol"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        return "protocol must be an integer >= 1"
+    return version
 
-    Only the envelope: the records' own contents are checked one by one by :func:`validate_record`.
+
+def validate_envelope(body: Any) -> str | None:
+    """Why ``body`` is not a telemetry batch of a version this code reads (the server answers 400), or None.
+
+    Only the envelope: the records' own contents are judged one by one by :func:`check_record`.
     """
     if not isinstance(body, dict):
         return "the body must be a JSON object"
+    version = envelope_version(body)
+    if isinstance(version, str):
+        return version
     missing = {"fingerprint", "profile", "records"} - set(body)
     if missing:
         return f"the body lacks {', '.join(sorted(missing))}"
-    unknown = set(body) - {"fingerprint", "profile", "records"}
+    unknown = set(body) - set(ENVELOPE_FIELDS)
     if unknown:
         return f"unknown fields in the body: {', '.join(sorted(map(str, unknown)))[:200]}"
     if _text(body["fingerprint"]) or not body["fingerprint"] or len(body["fingerprint"]) > MAX_KEY_CHARS:
@@ -139,40 +174,45 @@ def validate_envelope(body: Any) -> str | None:
     return None
 
 
-def validate_record(record: Any) -> str | None:
-    """Why one record cannot be stored (it is rejected on its own), or None."""
+def check_record(record: Any, *, protocol: int, acceptance: Acceptance) -> Verdict:
+    """Judge one record of an envelope of version ``protocol``: accept, reject or defer it."""
     if not isinstance(record, dict):
-        return "a record must be an object"
-    unknown = set(record) - {"key", "kind", "created_at", "data"}
-    if unknown:
-        return f"unknown record fields: {', '.join(sorted(map(str, unknown)))[:200]}"
+        return Verdict("reject", "a record must be an object")
     key = record.get("key")
     problem = _text(key)
     if problem:
-        return f"key {problem}"
+        return Verdict("reject", f"key {problem}")
     if not 1 <= len(key) <= MAX_KEY_CHARS:
-        return f"key must be 1 to {MAX_KEY_CHARS} characters"
+        return Verdict("reject", f"key must be 1 to {MAX_KEY_CHARS} characters")
     kind = record.get("kind")
-    if kind not in KINDS:
-        return f"kind must be one of {', '.join(KINDS)}"
+    if kind not in acceptance.kinds:
+        known = ", ".join(sorted(acceptance.kinds))
+        if protocol < 2 or _text(kind):  # a version-1 device cannot defer; a kind that is no text is invalid
+            return Verdict("reject", f"kind must be one of {known}")
+        return Verdict("defer", f"kind {kind[:40]!r} is not one this fleet reads yet ({known})")
     problem = _timestamp(record.get("created_at"))
     if problem:
-        return f"created_at {problem}"
+        return Verdict("reject", f"created_at {problem}")
     data = record.get("data")
     if not isinstance(data, dict):
-        return "data must be an object"
-    fields = _FIELDS[kind]
-    missing = set(fields) - set(data)
+        return Verdict("reject", "data must be an object")
+    fields = acceptance.kinds[kind]
+    missing = {f.name for f in fields if f.since <= protocol} - set(data)
     if missing:
-        return f"data lacks {', '.join(sorted(missing))}"
-    unknown = set(data) - set(fields)
-    if unknown:
-        return f"unknown data fields: {', '.join(sorted(map(str, unknown)))[:200]}"
-    for name, check in fields.items():
-        problem = check(data[name])
+        return Verdict("reject", f"data lacks {', '.join(sorted(missing))}")
+    for f in fields:
+        problem = _check(f)(data[f.name]) if f.name in data else None
         if problem:
-            return f"data.{name} {problem}"
-    return None
+            return Verdict("reject", f"data.{f.name} {problem}")
+    names = {f.name for f in fields}
+    extra = {"data": {k: v for k, v in data.items() if k not in names},
+             "record": {k: v for k, v in record.items() if k not in RECORD_FIELDS}}
+    extra = {part: values for part, values in extra.items() if values}
+    try:
+        json.dumps(extra)
+    except (RecursionError, ValueError):
+        return Verdict("reject", "unknown fields must be plain JSON")
+    return Verdict("accept", data={k: v for k, v in data.items() if k in names}, extra=extra or None)
 
 
 def idempotency_key(record_keys: Sequence[str]) -> str:
@@ -198,6 +238,11 @@ def parse_retry_after(value: str | None, *, cap_s: float = 60.0) -> float | None
     return min(max(seconds, 0.0), cap_s) if math.isfinite(seconds) else None
 
 
-def ack_summary(accepted: int, duplicates: int, rejected: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The 200 answer to a telemetry batch."""
-    return {"accepted": accepted, "duplicates": duplicates, "rejected": list(rejected)}
+def ack_summary(accepted: int, duplicates: int, rejected: Sequence[Mapping[str, Any]], *, protocol: int = 1,
+                deferred: Sequence[Mapping[str, Any]] = (), acceptance: Acceptance | None = None) -> dict[str, Any]:
+    """The 200 answer to a telemetry batch, in the envelope's version (2 adds ``deferred`` and ``protocols``)."""
+    answer: dict[str, Any] = {"accepted": accepted, "duplicates": duplicates, "rejected": list(rejected)}
+    if protocol >= 2:
+        answer["deferred"] = list(deferred)
+        answer["protocols"] = list((acceptance or Acceptance()).protocols)
+    return answer

@@ -6,7 +6,8 @@ database (psycopg 3). They share every query; they differ only in connecting, th
 placeholders (``?`` here, ``%s`` for psycopg) and how a batch's transaction takes its lock.
 
 Tables: ``devices`` (name, SHA-256 of the token, last fingerprint and profile), ``records``
-(one per device and record key; ``id`` is the read cursor), ``batches`` (one per device and
+(one per device and record key; ``id`` is the read cursor; ``data`` the fields this fleet knows,
+``extra`` the ones a newer device sent that it does not), ``batches`` (one per device and
 Idempotency-Key, with the answer given). Every batch is stored in one transaction; its
 Idempotency-Key and its records are claimed with ``INSERT ... ON CONFLICT DO NOTHING`` against
 unique keys, so concurrent resends of a batch store it once.
@@ -19,7 +20,7 @@ import json
 import secrets
 import sqlite3
 import statistics
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,16 @@ def m003_record_indexes(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+# Fields a newer device sent that this fleet does not know, kept beside the record as JSON (null: none).
+M004_RECORD_EXTRA = ["alter table records add column extra text"]
+
+
+@migrations()
+def m004_record_extra(db: sqlite_utils.Database) -> None:
+    for statement in M004_RECORD_EXTRA:
+        db.execute(statement)
+
+
 # The same tables in PostgreSQL; each migration is applied once, in order, under an advisory lock.
 PG_MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m001_initial", [
@@ -90,6 +101,7 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
     ]),
     ("m002_rank_requests", M002_RANK_REQUESTS),
     ("m003_record_indexes", M003_RECORD_INDEXES),
+    ("m004_record_extra", M004_RECORD_EXTRA),
 ]
 PG_LOCK_ID = 0x656467657475  # pg_advisory_xact_lock key for migrations ("edgetu")
 PG_SCHEMES = ("postgresql://", "postgres://")
@@ -116,6 +128,11 @@ def redact_url(url: str, text: str | None = None) -> str:
 def _one_line(url: str, exc: BaseException) -> str:
     return redact_url(url, "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or
                       type(exc).__name__)
+
+
+def _text_or_none(value: Any) -> str | None:
+    """A record's kernel or shape for its indexed column (a kind without one has none)."""
+    return value if isinstance(value, str) else None
 
 
 def hash_token(token: str) -> str:
@@ -301,9 +318,12 @@ class FleetStore:
 
     def store_batch(self, device: Device, idempotency_key: str, request_hash: str, fingerprint: str,
                     profile: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
-                    rejected: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+                    rejected: Sequence[Mapping[str, str]], *,
+                    summary: Callable[[int, int], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Store a batch's valid records in one transaction and return the answer.
 
+        A record may carry ``extra`` (fields this fleet does not know, kept beside it). ``summary``
+        builds the answer from the accepted and duplicate counts (default: version 1's answer).
         A replayed Idempotency-Key gets the first answer and stores nothing; a record key
         the device sent before counts as a duplicate.
         """
@@ -324,10 +344,11 @@ class FleetStore:
             for record in records:
                 data = record["data"]
                 cursor = conn.execute(
-                    "insert into records (device_id, key, kind, kernel, shape, created_at, received_at, data) "
-                    "values (?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing",
-                    [device.id, record["key"], record["kind"], data["kernel"], data["shape"], record["created_at"],
-                     now, json.dumps(data, sort_keys=True)])
+                    "insert into records (device_id, key, kind, kernel, shape, created_at, received_at, data, extra) "
+                    "values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing",
+                    [device.id, record["key"], record["kind"], _text_or_none(data.get("kernel")),
+                     _text_or_none(data.get("shape")), record["created_at"], now, json.dumps(data, sort_keys=True),
+                     json.dumps(record["extra"], sort_keys=True) if record.get("extra") else None])
                 if cursor.rowcount:
                     accepted += 1
                 else:
@@ -335,7 +356,7 @@ class FleetStore:
             conn.execute("update devices set fingerprint = ?, profile = ?, first_seen = coalesce(first_seen, ?), "
                          "last_seen = ? where id = ?",
                          [fingerprint, json.dumps(profile, sort_keys=True), now, now, device.id])
-            answer = ack_summary(accepted, duplicates, rejected)
+            answer = summary(accepted, duplicates) if summary else ack_summary(accepted, duplicates, rejected)
             conn.execute("update batches set response = ? where device_id = ? and idempotency_key = ?",
                          [json.dumps(answer), device.id, idempotency_key])
         return answer
@@ -360,12 +381,13 @@ class FleetStore:
             params.append(kernel)
         with self._connect() as conn:
             rows = conn.execute(
-                "select r.id, d.name as device, r.key, r.kind, r.created_at, r.received_at, r.data from records r "
+                "select r.id, d.name as device, r.key, r.kind, r.created_at, r.received_at, r.data, r.extra "
+                "from records r "
                 f"join devices d on d.id = r.device_id where {' and '.join(clauses)} order by r.id limit ?",
                 [*params, limit]).fetchall()
         return [{"cursor": str(row["id"]), "device": row["device"], "key": row["key"], "kind": row["kind"],
-                 "created_at": row["created_at"], "received_at": row["received_at"],
-                 "data": json.loads(row["data"])} for row in rows]
+                 "created_at": row["created_at"], "received_at": row["received_at"], "data": json.loads(row["data"]),
+                 **({"extra": json.loads(row["extra"])} if row["extra"] else {})} for row in rows]
 
     def devices(self) -> list[dict[str, Any]]:
         """Every registered device with a summary of its tunings."""

@@ -7,6 +7,11 @@ server acknowledged it. Connection errors, timeouts and 5xx answers are retried 
 exponential backoff and full jitter; 429/503 wait what ``Retry-After`` asks. A 400 (or any other
 refusal of the batch's contents) is never retried: its records move to ``dead_letter`` with the
 server's reason, as do records the server rejected one by one.
+
+Records the fleet defers (it cannot place them yet: a kind or protocol version newer than it reads)
+stay in the outbox and are sent again by a later upload, after a wait that doubles with each
+deferral (``RetryPolicy.defer_base_s`` up to ``defer_cap_s``). A fleet from before protocol
+versions refuses the ``protocol`` field itself (400); that batch is deferred too, not dead-lettered.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import httpx
 from agent.errors import FleetError
 from agent.fleet.protocol import IDEMPOTENCY_HEADER, idempotency_key, parse_retry_after
 from agent.settings import FleetSettings
-from agent.store import Store
+from agent.store import Store, utc_now
+from agent.telemetry.record import envelope
 
 __all__ = ["RetryPolicy", "UploadResult", "upload"]
 
@@ -41,6 +47,8 @@ class RetryPolicy:
     cap_s: float = 10.0
     retry_after_cap_s: float = 60.0
     timeout_s: float = 30.0
+    defer_base_s: float = 60.0  # a deferred record's first wait; doubled after each further deferral
+    defer_cap_s: float = 6 * 3600.0
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based): uniform in [0, min(cap, base * 2^n)]."""
@@ -57,6 +65,7 @@ class UploadResult:
     duplicates: int = 0
     rejected: int = 0
     dead_lettered: int = 0
+    deferred: int = 0
     remaining: int = 0
 
     def to_dict(self) -> dict[str, int]:
@@ -69,11 +78,12 @@ def upload(store: Store, fleet: FleetSettings, *, batch_size: int = 500, retry: 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     retry = retry or RetryPolicy()
-    totals = dict.fromkeys(("batches", "sent", "accepted", "duplicates", "rejected", "dead_lettered"), 0)
+    totals = dict.fromkeys(("batches", "sent", "accepted", "duplicates", "rejected", "dead_lettered", "deferred"), 0)
     size = batch_size
+    started = utc_now()  # records deferred during this upload wait for a later one
     with httpx.Client(timeout=retry.timeout_s, headers={"Authorization": f"Bearer {fleet.token}"}) as client:
         while True:
-            rows = store.outbox_batch(size)
+            rows = store.outbox_batch(size, due_before=started)
             if not rows:
                 break
             keys = [row["key"] for row in rows]
@@ -84,24 +94,31 @@ def upload(store: Store, fleet: FleetSettings, *, batch_size: int = 500, retry: 
                 continue
             totals["batches"] += 1
             totals["sent"] += len(rows)
+            deferred: dict[str, str] = {}
+            rejected: dict[str, str] = {}
             if status == 200:
                 rejected = {r["key"]: str(r.get("reason", "")) for r in answer["rejected"] if r.get("key") in keys}
+                deferred = {r["key"]: str(r.get("reason", "")) for r in answer.get("deferred", [])
+                            if r.get("key") in keys and r["key"] not in rejected}
                 totals["accepted"] += answer["accepted"]
                 totals["duplicates"] += answer["duplicates"]
                 totals["rejected"] += len(answer["rejected"])
+            elif status == 400 and _predates_versions(answer):
+                deferred = dict.fromkeys(keys, f"HTTP 400: {answer.get('error', '')}")
             else:  # the server refused the whole batch: keep it, with the reason, and go on
                 reason = f"HTTP {status}: {answer.get('error', '')}"
                 rejected = dict.fromkeys(keys, reason)
-            store.ack_outbox(keys, rejected)
+            store.ack_outbox([key for key in keys if key not in deferred], rejected)
+            store.defer_outbox(deferred, base_s=retry.defer_base_s, cap_s=retry.defer_cap_s)
             totals["dead_lettered"] += len(rejected)
+            totals["deferred"] += len(deferred)
     return UploadResult(**totals, remaining=store.count("outbox"))
 
 
 def _post(client: httpx.Client, fleet: FleetSettings, rows: list[dict[str, Any]], profile: dict[str, Any],
           retry: RetryPolicy, sleep: Callable[[float], None]) -> tuple[int, dict[str, Any]]:
     """POST one batch until the server answers something final; (status, JSON answer)."""
-    body = {"fingerprint": rows[0]["device"] or "unknown", "profile": profile,
-            "records": [row["payload"] for row in rows]}
+    body = envelope(rows[0]["device"] or "unknown", profile, [row["payload"] for row in rows])
     content = gzip.compress(json.dumps(body).encode("utf-8"), mtime=0)
     headers = {IDEMPOTENCY_HEADER: idempotency_key([row["key"] for row in rows]),
                "Content-Type": "application/json", "Content-Encoding": "gzip"}
@@ -144,5 +161,12 @@ def _json_of(response: httpx.Response) -> dict[str, Any]:
 
 
 def _is_ack(answer: dict[str, Any]) -> bool:
+    lists = [answer.get("rejected"), answer.get("deferred", [])]
     return (isinstance(answer.get("accepted"), int) and isinstance(answer.get("duplicates"), int)
-            and isinstance(answer.get("rejected"), list) and all(isinstance(r, dict) for r in answer["rejected"]))
+            and all(isinstance(items, list) and all(isinstance(r, dict) for r in items) for items in lists))
+
+
+def _predates_versions(answer: dict[str, Any]) -> bool:
+    """A 400 from a fleet older than protocol versions: it refuses the envelope's ``protocol`` field."""
+    error = str(answer.get("error", ""))
+    return error.startswith("unknown fields in the body:") and "protocol" in error
