@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.backends.c import CBackend
 from agent.bench.compile import Toolchain
 from agent.hardware import HardwareProfile, probe
 from agent.hardware.targets import available_targets
@@ -42,6 +43,18 @@ def any_width_toolchain(request: pytest.FixtureRequest, profile: HardwareProfile
     arm64: armv8-a) and ``native`` (256 on AVX2, 512 on AVX-512), whatever machine the suite runs on."""
     target = available_targets(profile)[0] if request.param == "baseline" else "native"
     return Toolchain.detect("cc", target, cpu_tag=profile.fingerprint())
+
+
+@pytest.fixture(scope="session")
+def backend(toolchain: Toolchain) -> CBackend:
+    """The C backend over the native toolchain."""
+    return CBackend(toolchain)
+
+
+@pytest.fixture(scope="session")
+def any_width_backend(any_width_toolchain: Toolchain) -> CBackend:
+    """The C backend at both ends of this CPU's vector widths (see ``any_width_toolchain``)."""
+    return CBackend(any_width_toolchain)
 
 
 @pytest.fixture

@@ -33,15 +33,15 @@ def test_space_is_large_enough_and_never_wider_than_the_target(name):
 
 
 @pytest.mark.parametrize("name", BUILTIN)
-def test_default_and_random_configurations_match_the_reference(name, store, profile, any_width_toolchain,
+def test_default_and_random_configurations_match_the_reference(name, store, profile, any_width_backend,
                                                                cache_dir):
     spec = find_kernel(name)
     problem = parse_shape(spec, "small")
     # The space the tuner builds for this target: a sample never holds a vector wider than the code may use.
     space = Space.build(problem, max_threads=min(2, profile.logical_cores),
-                        vector_bits=target_vector_bits(any_width_toolchain.target, profile))
+                        vector_bits=target_vector_bits(any_width_backend.target, profile))
     configs = tuple(space.sample(5, random.Random(name)))
-    result = tune(problem, profile=profile, store=store, toolchain=any_width_toolchain, cache_dir=cache_dir,
+    result = tune(problem, profile=profile, store=store, backend=any_width_backend, cache_dir=cache_dir,
                   options=TuneOptions(budget=Budget(), configs=configs, measure=QUICK))
     statuses = {r["config"]: (r["status"], r["reason"]) for r in store.runs(tuning_id=result.tuning_id)}
     assert len(statuses) >= len({str(c) for c in configs})
