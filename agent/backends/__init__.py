@@ -6,7 +6,8 @@ backend answers the few questions that differ between a C compiler and, later, T
 
 - ``detect``: find the toolchain for a target on this device (raises ``ToolchainError``);
 - ``compile``: build candidates (or load them from the build cache), in input order;
-- ``worker``: the isolated process the candidates run in (a ``WorkerSession``);
+- ``worker``: the isolated process the candidates run in (a ``WorkerSession`` over the
+  backend's own harness module: C's loads libraries with ctypes, Triton's would own the GPU context);
 - ``flush``: the cache-flush policy between timed runs;
 - ``vector_bits``: the vector width the space is built for;
 - ``name``, ``target``, ``version``, ``flags``: what a tuning records, and what the daemon's

@@ -22,6 +22,7 @@ from agent.kernels.spec import KernelSpec, ParamValue
 __all__ = ["CACHE_MODES", "CBackend", "flush_bytes_for"]
 
 CACHE_MODES = ("auto", "cold", "hot")
+WORKER = "agent.bench.worker"  # dlopens candidate libraries and calls them through ctypes
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class CBackend:
                timeout_s: float, cpus: Sequence[int] | None = None) -> WorkerSession:
         """A worker process that dlopens the candidates and calls them through ctypes."""
         return WorkerSession(spec.spec_path, shape, seed=seed, flush_bytes=flush_bytes, timeout_s=timeout_s,
-                             cpus=cpus)
+                             cpus=cpus, module=WORKER)
 
 
 def flush_bytes_for(problem: Problem, profile: HardwareProfile, mode: str) -> tuple[bool, int]:
