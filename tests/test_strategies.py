@@ -56,6 +56,12 @@ def test_each_strategy_declares_its_default_budget_from_the_effort_profiles():
     assert get_strategy("model").measures_default and not get_strategy("random").measures_default
 
 
+def test_the_daemon_spends_the_quick_effort_unless_its_config_says_otherwise():
+    from agent.daemon.config import DaemonSettings
+
+    assert DaemonSettings().evaluations == QUICK.budget.evaluations == default_budget("model").evaluations
+
+
 def test_effort_profiles_are_named_once_and_collect_uses_its_own():
     assert list(EFFORTS) == ["quick", "default", "collect"] and effort("collect") is COLLECT
     assert COLLECT_MEASURE == COLLECT.measure and CollectOptions().batch_size == COLLECT.batch_size == 16
