@@ -2,9 +2,11 @@
 
 The public API is what ``__all__`` lists; everything else is an implementation module.
 The data flows: probe (``agent.hardware``) -> space (``agent.kernels``) -> predict
-(``agent.predict``) -> benchmark (``agent.bench``) -> search and tune (``agent.search``,
-``agent.tuner``) -> store. ``tune`` and ``best_config`` (``agent.api``) are the entry
-points for applications; ``agent.tuner.tune`` is the same loop with every part passed in.
+(``agent.predict``) -> build and benchmark (``agent.backends`` over ``agent.bench``) -> search
+and tune (``agent.search``, ``agent.evaluator``, ``agent.tuner``) -> store. ``tune`` and
+``best_config`` (``agent.api``) are the entry points for applications; they, the CLI and the
+daemon open tunings through ``agent.tuning_session``; ``agent.tuner.tune`` is the same loop
+with every part passed in.
 """
 
 from agent.api import BestConfig, best_config, tune

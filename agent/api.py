@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from agent.budget import Budget
 from agent.errors import EdgetuneError
 from agent.hardware import HardwareProfile, probe
 from agent.hardware.targets import target_vector_bits
@@ -29,7 +30,7 @@ from agent.kernels.space import Config, Space
 from agent.kernels.spec import KernelSpec
 from agent.settings import Settings
 from agent.store import Store
-from agent.tuner import Budget, TuneOptions, TuneResult
+from agent.tuner import TuneResult
 
 __all__ = ["BestConfig", "best_config", "tune"]
 
@@ -80,24 +81,21 @@ def tune(kernel: str | KernelSpec, shape: str | Mapping[str, int] | None = None,
     strategy's default. ``cloud``: a URL or ``agent.predict.cloud.CloudSettings`` (default:
     ``EDGETUNE_CLOUD_URL``).
     """
-    from agent.bench.compile import Toolchain
-    from agent.tuner import tune as tune_problem
+    from agent.tuning_session import TuningSession
 
     settings = _settings(db)
-    problem = _problem(kernel, shape)
-    parsed = budget if isinstance(budget, Budget) or budget is None else Budget.parse(str(budget))
-    profile = _profile(settings.compiler)
-    toolchain = Toolchain.detect(settings.compiler, target, cpu_tag=profile.fingerprint())
+    if models:
+        settings = replace(settings, models_dir=Path(models))
     if isinstance(cloud, str) or cloud is None:
         from agent.predict.cloud import cloud_settings_from
 
         cloud = cloud_settings_from(settings, cloud)
-    options = TuneOptions(strategy=strategy, budget=parsed, target=target, seed=seed,
-                          models=Path(models) if models else settings.models_dir, cloud=cloud,
-                          state_dir=settings.db_path.parent)
+    session = TuningSession(settings, profile=_profile(settings.compiler), cloud=cloud)
+    options = session.options(strategy, budget=budget, target=target, seed=seed)
+    problem = _problem(kernel, shape)
+    session.backend(problem.spec.backend, target)  # find the toolchain before the store opens
     with Store.open(settings.db_path) as store:
-        return tune_problem(problem, profile=profile, store=store, toolchain=toolchain,
-                            cache_dir=settings.cache_dir, options=options)
+        return session.tune(problem, options, store=store)
 
 
 def best_config(kernel: str | KernelSpec, shape: str | Mapping[str, int] | None = None, *, target: str = "native",

@@ -176,31 +176,22 @@ def tune(obj: _Context, kernel: str, shape: str | None, strategy: str, budget: s
     any budget left refining around the winner. Without a usable model it says so and runs
     local search.
     """
-    from agent import hardware
-    from agent.bench.compile import Toolchain
     from agent.kernels.problem import parse_shape
     from agent.kernels.registry import find_kernel
     from agent.kernels.space import WIDEST_VECTOR_BITS, Space, parse_config
-    from agent.search import get_strategy
-    from agent.tuner import Budget, TuneOptions, default_budget
-    from agent.tuner import tune as tune_problem
+    from agent.tuning_session import TuningSession
 
-    get_strategy(strategy)  # reject an unknown name before probing or compiling anything
     if timeout_s <= 0:
         raise click.BadParameter("must be positive", param_hint="--timeout")
-    parsed_budget = Budget.parse(budget) if budget is not None else default_budget(strategy)
+    settings = replace(obj.settings, models_dir=models_dir or obj.settings.models_dir)
+    session = TuningSession(settings, cloud=_cloud_settings(settings, cloud_url, cloud_kind))
+    options = session.options(strategy, budget=budget, target=target, seed=seed, cache=cache_mode,
+                              timeout_s=timeout_s)  # unknown names fail before probing or compiling anything
     problem = parse_shape(find_kernel(kernel), shape)
     requested = tuple(Space.build(problem, vector_bits=WIDEST_VECTOR_BITS).check(parse_config(c)) for c in configs)
-    profile = hardware.probe(measure_bandwidth=False, compiler=obj.settings.compiler)
-    toolchain = Toolchain.detect(obj.settings.compiler, target, cpu_tag=profile.fingerprint())
-    options = TuneOptions(strategy=strategy, budget=parsed_budget, target=target, seed=seed,
-                          cache=cache_mode, timeout_s=timeout_s, configs=requested,
-                          models=models_dir or obj.settings.models_dir,
-                          cloud=_cloud_settings(obj.settings, cloud_url, cloud_kind),
-                          state_dir=obj.settings.db_path.parent)
-    with obj.open_store() as store, _progress(as_json, problem, parsed_budget, strategy) as on_result:
-        result = tune_problem(problem, profile=profile, store=store, toolchain=toolchain,
-                              cache_dir=obj.settings.cache_dir, options=options, on_result=on_result)
+    session.backend(problem.spec.backend, target)  # probe and find the toolchain before the store opens
+    with obj.open_store() as store, _progress(as_json, problem, options.budget, strategy) as on_result:
+        result = session.tune(problem, replace(options, configs=requested), store=store, on_result=on_result)
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
     if as_json:
@@ -294,8 +285,7 @@ def collect(obj: _Context, kernel_names: tuple[str, ...], preset: str | None, sh
     import shlex
 
     from agent import hardware
-    from agent.bench.compile import Toolchain
-    from agent.collect import CollectOptions, collect_case, plan_cases
+    from agent.collect import CollectOptions, collect_case, detect_backends, plan_cases
     from agent.dataset import export_dataset
     from agent.hardware.targets import available_targets
     from agent.kernels.problem import parse_shape
@@ -327,16 +317,15 @@ def collect(obj: _Context, kernel_names: tuple[str, ...], preset: str | None, sh
     too_many = [n for n in core_counts if n > profile.logical_cores]
     if too_many:
         raise ConfigError(f"--cores {cores}: this machine has {profile.logical_cores} hardware threads")
-    toolchains = {t: Toolchain.detect(obj.settings.compiler, t, cpu_tag=profile.fingerprint())
-                  for t in chosen_targets}
     cases = plan_cases(problems, chosen_targets, core_counts)
+    backends = detect_backends(cases, compiler=obj.settings.compiler, device=profile.fingerprint())
     options = CollectOptions(configs_per_case=configs_per_case, seed=seed, remeasure=remeasure)
     if dry_run:
         from agent.collect import case_configs, case_space
 
         rows = []
         for case in cases:
-            planned, size = case_configs(case_space(case, profile), configs_per_case, seed)
+            planned, size = case_configs(case_space(case, profile, backends[case.backend_key]), configs_per_case, seed)
             rows.append({"kernel": case.problem.spec.name, "shape": case.problem.key, "target": case.target,
                          "cores": case.cores, "space": size, "planned": len(planned)})
         _emit(rows, as_json, title=f"{len(rows)} cases")
@@ -345,7 +334,7 @@ def collect(obj: _Context, kernel_names: tuple[str, ...], preset: str | None, sh
     started = time.monotonic()
     with obj.open_store() as store:
         for index, case in enumerate(cases, start=1):
-            result = collect_case(case, profile=profile, store=store, toolchain=toolchains[case.target],
+            result = collect_case(case, profile=profile, store=store, backend=backends[case.backend_key],
                                   cache_dir=obj.settings.cache_dir, options=options)
             results.append(result)
             if result.valid == 0:

@@ -23,22 +23,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from agent.bench.compile import Toolchain
+from agent.backends import Backend, detect_backend
 from agent.bench.measure import MeasureSettings
-from agent.bench.session import WorkerSession
+from agent.budget import COLLECT
+from agent.evaluator import CandidateResult, EvaluationContext, Evaluator
 from agent.hardware import HardwareProfile
-from agent.hardware.targets import target_vector_bits
 from agent.kernels.problem import Problem
 from agent.kernels.space import Space, config_key
 from agent.store import Store
-from agent.tuner import Budget, CandidateResult, Evaluator, TuneOptions, flush_bytes_for
 
 __all__ = ["COLLECT_MEASURE", "Case", "CaseResult", "CollectOptions", "case_configs", "case_space", "collect_case",
-           "plan_cases"]
+           "detect_backends", "plan_cases"]
 
-# Shorter than a tuning run's protocol: a dataset needs many configurations ranked
-# roughly right more than a few measured to the last percent.
-COLLECT_MEASURE = MeasureSettings(warmup_runs=1, min_runs=3, max_runs=15, budget_s=0.02, prune_ratio=4.0)
+COLLECT_MEASURE = COLLECT.measure  # shorter than a tuning run's protocol (see agent.budget)
 
 
 @dataclass(frozen=True)
@@ -54,6 +51,11 @@ class Case:
         core_word = "core" if self.cores == 1 else "cores"
         return f"{self.problem.spec.name} {self.problem.key} {self.target} {self.cores} {core_word}"
 
+    @property
+    def backend_key(self) -> tuple[str, str]:
+        """The backend (by name) and target its candidates are built for."""
+        return self.problem.spec.backend, self.target
+
 
 @dataclass(frozen=True)
 class CollectOptions:
@@ -64,7 +66,7 @@ class CollectOptions:
     remeasure: bool = False
     cache: str = "auto"
     timeout_s: float = 10.0
-    batch_size: int = 16  # measured interleaved together; an interruption loses at most one batch
+    batch_size: int = COLLECT.batch_size  # measured interleaved together; an interruption loses at most one batch
     measure: MeasureSettings = field(default_factory=lambda: COLLECT_MEASURE)
 
 
@@ -88,14 +90,24 @@ class CaseResult:
         return self.default_s / self.best_s if self.best_s and self.default_s else None
 
 
-def case_space(case: Case, profile: HardwareProfile) -> Space:
-    """The legal configurations of a case: its core count and its target's vector width."""
-    return Space.build(case.problem, max_threads=case.cores, vector_bits=target_vector_bits(case.target, profile))
+def case_space(case: Case, profile: HardwareProfile, backend: Backend) -> Space:
+    """The legal configurations of a case: its core count and the vector width of its backend's target."""
+    return Space.build(case.problem, max_threads=case.cores, vector_bits=backend.vector_bits(profile))
 
 
 def plan_cases(problems: Sequence[Problem], targets: Sequence[str], cores: Sequence[int]) -> list[Case]:
     """The sweep in the order it runs: by kernel and shape, then target, then cores."""
     return [Case(problem, target, n) for problem in problems for target in targets for n in cores]
+
+
+def detect_backends(cases: Sequence[Case], *, compiler: str, device: str) -> dict[tuple[str, str], Backend]:
+    """The backend of every (backend name, target) the cases need, each detected once."""
+    found: dict[tuple[str, str], Backend] = {}
+    for case in cases:
+        if case.backend_key not in found:
+            name, target = case.backend_key
+            found[case.backend_key] = detect_backend(name, compiler=compiler, target=target, device=device)
+    return found
 
 
 def case_configs(space: Space, count: int, seed: int) -> tuple[list[dict], int]:
@@ -118,14 +130,14 @@ def case_configs(space: Space, count: int, seed: int) -> tuple[list[dict], int]:
     return chosen, len(legal)
 
 
-def collect_case(case: Case, *, profile: HardwareProfile, store: Store, toolchain: Toolchain,
+def collect_case(case: Case, *, profile: HardwareProfile, store: Store, backend: Backend,
                  cache_dir: Path, options: CollectOptions = CollectOptions(),
                  on_result: Callable[[CandidateResult, int], None] | None = None) -> CaseResult:
     """Measure what is missing of one case; returns the case's totals from the store."""
     started = time.monotonic()
     spec, problem = case.problem.spec, case.problem
     device = profile.fingerprint()
-    space = case_space(case, profile)
+    space = case_space(case, profile, backend)
     configs, space_size = case_configs(space, options.configs_per_case, options.seed)
     store.upsert_device(device, profile.to_dict())
     store.upsert_kernel(spec.key, spec.name, spec.source_hash, spec.space_summary(), str(spec.directory))
@@ -139,7 +151,7 @@ def collect_case(case: Case, *, profile: HardwareProfile, store: Store, toolchai
                         space_size)
     if existing is None:
         tuning_id = store.start_tuning(device=device, kernel_key=spec.key, kernel=spec.name, shape=problem.key,
-                                       target=case.target, compiler=toolchain.version, strategy="collect",
+                                       target=case.target, backend=backend.name, compiler=backend.version, strategy="collect",
                                        budget=str(options.configs_per_case), seed=options.seed,
                                        cores=case.cores)
         state, done = "measured", set()
@@ -149,18 +161,17 @@ def collect_case(case: Case, *, profile: HardwareProfile, store: Store, toolchai
         state, done = "resumed", store.run_configs(tuning_id)
     todo = [c for c in configs if config_key(c) not in done]
 
-    flush, flush_bytes = flush_bytes_for(problem, profile, options.cache)
-    tune_options = TuneOptions(strategy="collect", budget=Budget(), target=case.target, seed=options.seed,
-                               cache=options.cache, timeout_s=options.timeout_s,
-                               measure=replace(options.measure, flush=flush), batch_size=options.batch_size)
+    flush, flush_bytes = backend.flush(problem, profile, options.cache)
+    context = EvaluationContext(space=space, backend=backend, store=store, tuning_id=tuning_id, device=device,
+                                strategy="collect", budget=COLLECT.budget, cache_dir=cache_dir / "build",
+                                seed=options.seed, measure=replace(options.measure, flush=flush),
+                                batch_size=options.batch_size)
     cpus = sorted(os.sched_getaffinity(0))[:case.cores] if case.cores < len(os.sched_getaffinity(0)) else None
     try:
         if todo:
-            with WorkerSession(spec.spec_path, problem.shape, seed=options.seed, flush_bytes=flush_bytes,
-                               timeout_s=options.timeout_s, cpus=cpus) as session:
-                evaluator = Evaluator(space=space, toolchain=toolchain, session=session, store=store,
-                                      tuning_id=tuning_id, device=device, strategy="collect",
-                                      options=tune_options, cache_dir=cache_dir / "build", on_result=on_result)
+            with backend.worker(spec, problem.shape, seed=options.seed, flush_bytes=flush_bytes,
+                                timeout_s=options.timeout_s, cpus=cpus) as session:
+                evaluator = Evaluator(context, session, on_result)
                 for start in range(0, len(todo), options.batch_size):
                     evaluator.evaluate(todo[start:start + options.batch_size])
     except BaseException:

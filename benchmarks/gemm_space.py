@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent.backends.c import CBackend, flush_bytes_for
 from agent.bench.compile import Toolchain, compile_candidate
 from agent.bench.measure import MeasureSettings, measure_interleaved
 from agent.bench.session import WorkerSession
@@ -30,7 +31,7 @@ from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space, config_key
 from agent.store import Store
-from agent.tuner import Budget, TuneOptions, flush_bytes_for, tune
+from agent.tuner import Budget, TuneOptions, tune
 
 DEFAULT_SHAPES = ["M=128,N=128,K=128", "M=196,N=256,K=128", "M=256,N=256,K=256"]
 NAIVE = {"ORDER": "ijk", "UNROLL": 1, "VEC": 1, "PREFETCH": 0, "THREADS": 1}
@@ -58,7 +59,7 @@ def main() -> int:
                                     vector_bits=target_vector_bits(toolchain.target, profile))
                 size = space.size()
                 started = time.perf_counter()
-                result = tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=cache,
+                result = tune(problem, profile=profile, store=store, backend=CBackend(toolchain), cache_dir=cache,
                               options=TuneOptions(strategy="exhaustive", budget=Budget()))
                 wall = time.perf_counter() - started
                 assert result.winner is not None and result.winner.median_s is not None

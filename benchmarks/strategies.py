@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.backends.c import CBackend
 from agent.bench.compile import Toolchain
 from agent.errors import EdgetuneError
 from agent.hardware import HardwareProfile, probe
@@ -157,7 +158,7 @@ def run_strategy(case: str, problem: Problem, text: str, profile: HardwareProfil
             Store.open(Path(tmp) / "tune.db") as store:
         started = time.perf_counter()
         try:
-            result = tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=Path(tmp),
+            result = tune(problem, profile=profile, store=store, backend=CBackend(toolchain), cache_dir=Path(tmp),
                           options=options)
         except EdgetuneError as exc:
             run.error = str(exc)
@@ -183,7 +184,7 @@ def final_times(problem: Problem, winners: list[dict[str, Any]], profile: Hardwa
     options = TuneOptions(strategy="exhaustive", configs=tuple(distinct), budget=Budget(), seed=seed)
     with tempfile.TemporaryDirectory(prefix="edgetune-strategies-") as tmp, \
             Store.open(Path(tmp) / "final.db") as store:
-        result = tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=Path(tmp),
+        result = tune(problem, profile=profile, store=store, backend=CBackend(toolchain), cache_dir=Path(tmp),
                       options=options)
         rows = store.runs(tuning_id=result.tuning_id, limit=100_000)
     return {config_key(json.loads(r["config_json"])): r["median_s"] for r in rows

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.backends.c import CBackend
 from agent.bench.compile import Toolchain
 from agent.hardware import HardwareProfile, probe
 from agent.hardware.targets import available_targets, target_vector_bits
@@ -44,6 +45,12 @@ def targets_by_width(profile: HardwareProfile) -> dict[int, str]:
     for target in available_targets(profile):
         chosen.setdefault(target_vector_bits(target, profile), target)
     return dict(sorted(chosen.items()))
+
+
+@pytest.fixture(scope="session")
+def backend(toolchain: Toolchain) -> CBackend:
+    """The C backend over the native toolchain."""
+    return CBackend(toolchain)
 
 
 @pytest.fixture

@@ -4,9 +4,8 @@ import random
 
 import pytest
 
-from agent.bench.compile import Toolchain
+from agent.backends import detect_backend
 from agent.hardware import probe
-from agent.hardware.targets import target_vector_bits
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel, kernel_dirs
 from agent.kernels.space import Space
@@ -44,12 +43,12 @@ WIDTHS = targets_by_width(probe(measure_bandwidth=False))
 def test_default_and_random_configurations_match_the_reference(name, target, store, profile, cache_dir):
     spec = find_kernel(name)
     problem = parse_shape(spec, "small")
-    toolchain = Toolchain.detect("cc", target, cpu_tag=profile.fingerprint())
+    backend = detect_backend("c", compiler="cc", target=target, device=profile.fingerprint())
     # The space the tuner builds for this target: a sample never holds a vector wider than the code may use.
     space = Space.build(problem, max_threads=min(2, profile.logical_cores),
-                        vector_bits=target_vector_bits(target, profile))
+                        vector_bits=backend.vector_bits(profile))
     configs = tuple(space.sample(5, random.Random(name)))
-    result = tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=cache_dir,
+    result = tune(problem, profile=profile, store=store, backend=backend, cache_dir=cache_dir,
                   options=TuneOptions(budget=Budget(), configs=configs, measure=QUICK))
     statuses = {r["config"]: (r["status"], r["reason"]) for r in store.runs(tuning_id=result.tuning_id)}
     assert len(statuses) >= len({str(c) for c in configs})

@@ -23,19 +23,19 @@ SPIN = str(TEST_KERNELS / "spin")
 DISAGREE = str(TEST_KERNELS / "disagree")
 
 
-def test_a_case_measures_its_whole_small_space_once_and_a_rerun_skips_it(store, profile, toolchain, cache_dir):
+def test_a_case_measures_its_whole_small_space_once_and_a_rerun_skips_it(store, profile, backend, cache_dir):
     problem = parse_shape(find_kernel(SPIN), None)
     options = CollectOptions(configs_per_case=50, measure=QUICK)
-    first = collect_case(Case(problem, "native", 1), profile=profile, store=store, toolchain=toolchain,
+    first = collect_case(Case(problem, "native", 1), profile=profile, store=store, backend=backend,
                          cache_dir=cache_dir, options=options)
     legal = Space.build(problem, max_threads=1, vector_bits=target_vector_bits("native", profile)).size()
     assert (first.state, first.planned, first.measured_now, first.valid) == ("measured", legal, legal, legal)
     assert first.best_s < first.default_s  # REPEAT=1 beats the default REPEAT=32
-    again = collect_case(Case(problem, "native", 1), profile=profile, store=store, toolchain=toolchain,
+    again = collect_case(Case(problem, "native", 1), profile=profile, store=store, backend=backend,
                          cache_dir=cache_dir, options=options)
     assert (again.state, again.measured_now) == ("skipped", 0)
     assert store.count("runs") == legal
-    fresh = collect_case(Case(problem, "native", 1), profile=profile, store=store, toolchain=toolchain,
+    fresh = collect_case(Case(problem, "native", 1), profile=profile, store=store, backend=backend,
                          cache_dir=cache_dir, options=CollectOptions(configs_per_case=50, measure=QUICK,
                                                                      remeasure=True))
     assert fresh.measured_now == legal and store.count("runs") == legal  # replaced, not duplicated

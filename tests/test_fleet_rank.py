@@ -18,6 +18,7 @@ from agent.kernels.registry import find_kernel
 from agent.kernels.space import WIDEST_VECTOR_BITS, Space
 from agent.predict.cloud import CloudClient, CloudSettings, merge_rankings
 from agent.predict.rank_protocol import MAX_CANDIDATES, MAX_PROMPT, RankRequest, candidate_key, request_for
+from agent.search.model_guided import ModelOptions
 from agent.tuner import TuneOptions, tune
 from tests.cloud_server import RankCase, Servers, gemm_rank_case, small_rank_request
 from tests.conftest import ROOT, run_cli
@@ -95,16 +96,16 @@ def test_the_device_client_gets_the_teachers_ranking_and_the_ask_is_counted(flee
     assert rank_requests_of(fleet, name) == before + 1
 
 
-def test_a_model_strategy_tuning_that_is_unsure_asks_the_fleet(fleet, device, store, profile, toolchain, cache_dir,
+def test_a_model_strategy_tuning_that_is_unsure_asks_the_fleet(fleet, device, store, profile, backend, cache_dir,
                                                                 tmp_path):
     name, token = device
     before = rank_requests_of(fleet, name)
     unsure = _models(tmp_path / "unsure", threshold=1.0)
     problem = parse_shape(find_kernel(KERNEL), SHAPE)
     cloud = CloudSettings(url=fleet.url, kind="fleet", token=token, timeout_s=10.0)
-    result = tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=cache_dir,
-                  options=TuneOptions(strategy="model", models=unsure, measure=QUICK, cloud=cloud,
-                                      state_dir=tmp_path / "state"))
+    result = tune(problem, profile=profile, store=store, backend=backend, cache_dir=cache_dir,
+                  options=TuneOptions(strategy="model", measure=QUICK, strategy_options=ModelOptions(
+                      models=unsure, cloud=cloud, state_dir=tmp_path / "state")))
     assert result.cloud is not None and result.cloud.startswith("answered"), result.cloud
     assert TEACHER.stem in result.cloud and result.winner is not None
     assert store.tunings(limit=1)[0]["cloud"] == result.cloud

@@ -21,6 +21,7 @@ from agent.kernels.registry import find_kernel
 from agent.predict.cloud import CloudSettings
 from agent.predict.confidence import Calibration
 from agent.predict.predictor import COST_MODEL_FILE, STUDENT_FILE, Predictor
+from agent.search.model_guided import ModelOptions
 from agent.tuner import Budget, TuneOptions, tune
 from tests.cloud_server import Servers
 from tests.conftest import ROOT, run_cli
@@ -53,15 +54,16 @@ def servers() -> Iterator[Servers]:
     started.close()
 
 
-def run_model(store, profile, toolchain, cache_dir, models: Path, **options):
+def run_model(store, profile, backend, cache_dir, models: Path, *, cloud=None, state_dir=None, **options):
     problem = parse_shape(find_kernel(KERNEL), SHAPE)
     options.setdefault("measure", QUICK)
-    return tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=cache_dir,
-                options=TuneOptions(strategy="model", models=models, **options))
+    model = ModelOptions(models=models, cloud=cloud, state_dir=state_dir)
+    return tune(problem, profile=profile, store=store, backend=backend, cache_dir=cache_dir,
+                options=TuneOptions(strategy="model", strategy_options=model, **options))
 
 
-def test_model_strategy_benchmarks_the_default_and_the_top_predictions(store, profile, toolchain, cache_dir):
-    result = run_model(store, profile, toolchain, cache_dir, MODELS)
+def test_model_strategy_benchmarks_the_default_and_the_top_predictions(store, profile, backend, cache_dir):
+    result = run_model(store, profile, backend, cache_dir, MODELS)
     assert result.winner is not None and result.evaluations == 5
     every = store.runs(tuning_id=result.tuning_id, limit=100)
     runs = [r for r in every if r["phase"] == "search"]
@@ -80,8 +82,8 @@ def test_model_strategy_benchmarks_the_default_and_the_top_predictions(store, pr
     assert result.timings["predict_s"] == pytest.approx(tuning["predict_s"])
 
 
-def test_budget_left_over_refines_around_the_winner(store, profile, toolchain, cache_dir):
-    result = run_model(store, profile, toolchain, cache_dir, MODELS, budget=Budget(evaluations=10))
+def test_budget_left_over_refines_around_the_winner(store, profile, backend, cache_dir):
+    result = run_model(store, profile, backend, cache_dir, MODELS, budget=Budget(evaluations=10))
     assert result.evaluations == 10
     runs = store.runs(tuning_id=result.tuning_id, limit=100)
     # Neighbours the model also ranked keep their "local" label and rank; others are "refine".
@@ -90,14 +92,14 @@ def test_budget_left_over_refines_around_the_winner(store, profile, toolchain, c
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
-def test_an_unusable_model_falls_back_to_local_search_with_a_warning(tmp_path, store, profile, toolchain, cache_dir,
+def test_an_unusable_model_falls_back_to_local_search_with_a_warning(tmp_path, store, profile, backend, cache_dir,
                                                                     damage):
     folder = tmp_path / "models"
     folder.mkdir()
     if damage == "truncated":
         data = (MODELS / STUDENT_FILE).read_bytes()
         (folder / STUDENT_FILE).write_bytes(data[: len(data) // 3])
-    result = run_model(store, profile, toolchain, cache_dir, folder, budget=Budget(evaluations=6))
+    result = run_model(store, profile, backend, cache_dir, folder, budget=Budget(evaluations=6))
     assert result.winner is not None and result.evaluations == 6
     assert any("tuned with local search instead" in n and STUDENT_FILE in n for n in result.notes)
     assert store.tunings(limit=1)[0]["note"] == "; ".join(result.notes)
@@ -123,7 +125,7 @@ def test_the_cli_tunes_with_the_model_by_default_and_says_where_the_winner_came_
 
 
 @pytest.mark.parametrize("mode", ["down", "hang", "error500", "outside", "garbage", "wrong-shape"])
-def test_a_failing_cloud_costs_at_most_its_timeout(store, profile, toolchain, cache_dir, unsure_models, servers,
+def test_a_failing_cloud_costs_at_most_its_timeout(store, profile, backend, cache_dir, unsure_models, servers,
                                                    mode, tmp_path):
     if mode == "down":
         url = "http://127.0.0.1:9"  # the discard port: nothing listens
@@ -131,7 +133,7 @@ def test_a_failing_cloud_costs_at_most_its_timeout(store, profile, toolchain, ca
         url = servers.shared(mode)
     settings = CloudSettings(url=url, timeout_s=1.5)
     started = time.monotonic()
-    result = run_model(store, profile, toolchain, cache_dir, unsure_models, cloud=settings, state_dir=tmp_path)
+    result = run_model(store, profile, backend, cache_dir, unsure_models, cloud=settings, state_dir=tmp_path)
     assert result.winner is not None and result.evaluations == 5
     assert result.timings["cloud_s"] <= 1.5 + 0.3
     assert result.cloud is not None and result.cloud.startswith("failed:")
@@ -139,15 +141,15 @@ def test_a_failing_cloud_costs_at_most_its_timeout(store, profile, toolchain, ca
     assert time.monotonic() - started < 60
 
 
-def test_a_working_cloud_is_asked_only_when_unsure_and_merged(store, profile, toolchain, cache_dir, unsure_models,
+def test_a_working_cloud_is_asked_only_when_unsure_and_merged(store, profile, backend, cache_dir, unsure_models,
                                                               servers, tmp_path):
     settings = CloudSettings(url=servers.shared("ok"), timeout_s=5.0)
-    result = run_model(store, profile, toolchain, cache_dir, unsure_models, cloud=settings, state_dir=tmp_path)
+    result = run_model(store, profile, backend, cache_dir, unsure_models, cloud=settings, state_dir=tmp_path)
     assert result.cloud is not None and result.cloud.startswith("answered"), result.cloud
     assert result.timings["cloud_s"] > 0
     confident = _models(tmp_path / "sure", threshold=0.0)
     before = servers.stats_of(settings.url)
-    sure = run_model(store, profile, toolchain, cache_dir, confident, cloud=settings, state_dir=tmp_path)
+    sure = run_model(store, profile, backend, cache_dir, confident, cloud=settings, state_dir=tmp_path)
     assert sure.cloud is None and sure.timings["cloud_s"] == 0.0
     assert servers.stats_of(settings.url) == before  # a confident prediction never reaches the service
 

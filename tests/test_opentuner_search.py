@@ -20,10 +20,10 @@ from agent.tuner import Budget, CandidateResult, Evaluator, TuneOptions, tune
 QUICK = MeasureSettings(min_runs=3, max_runs=20, budget_s=0.02)
 
 
-def run_tune(store, profile, toolchain, cache_dir, *, budget: int, seed: int = 0):
+def run_tune(store, profile, backend, cache_dir, *, budget: int, seed: int = 0):
     problem = parse_shape(find_kernel("layernorm"), "small")
     options = TuneOptions(strategy="opentuner", budget=Budget(budget), seed=seed, measure=QUICK)
-    return tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=cache_dir, options=options)
+    return tune(problem, profile=profile, store=store, backend=backend, cache_dir=cache_dir, options=options)
 
 
 def searched(store, tuning_id: int) -> list[str]:
@@ -32,7 +32,7 @@ def searched(store, tuning_id: int) -> list[str]:
             if r["phase"] == "search" and r["status"] != "constraints"]
 
 
-def test_a_real_run_spends_its_budget_and_finds_a_correct_winner(store, profile, toolchain, cache_dir,
+def test_a_real_run_spends_its_budget_and_finds_a_correct_winner(store, profile, backend, cache_dir,
                                                                 tmp_path, monkeypatch):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
@@ -45,14 +45,14 @@ def test_a_real_run_spends_its_budget_and_finds_a_correct_winner(store, profile,
         return evaluate(self, configs)
 
     monkeypatch.setattr(Evaluator, "evaluate", recording)
-    first = run_tune(store, profile, toolchain, cache_dir, budget=8, seed=3)
+    first = run_tune(store, profile, backend, cache_dir, budget=8, seed=3)
     assert first.evaluations == 8 == len(searched(store, first.tuning_id))
     assert len(set(searched(store, first.tuning_id))) == 8
     assert first.winner is not None and first.winner.status == "correct"
     assert first.speedup is not None and first.speedup >= 1.0  # the default is among the finalists
     first_batch = batches[1]  # batches[0] is tune() measuring the default
     batches.clear()
-    second = run_tune(store, profile, toolchain, cache_dir, budget=8, seed=3)
+    second = run_tune(store, profile, backend, cache_dir, budget=8, seed=3)
     assert second.evaluations == 8
     # OpenTuner's first batch is proposed before any time is known: noise cannot change it.
     # (Later ones depend on measured times; tests below replay made-up times for those.)
@@ -104,7 +104,7 @@ def replay(kernel: str, shape: str, budget: int, seed: int) -> list[str]:
     space = Space.build(parse_shape(find_kernel(kernel), shape), max_threads=2, vector_bits=256)
     evaluator = FakeEvaluator(space, budget)
     evaluator.evaluate([space.default()])
-    get_strategy("opentuner")(evaluator, space, random.Random(seed))  # type: ignore[arg-type]
+    get_strategy("opentuner")().search(evaluator, space, random.Random(seed))  # type: ignore[arg-type]
     return evaluator.order
 
 
@@ -133,5 +133,7 @@ def test_without_opentuner_the_strategy_says_what_to_install(monkeypatch):
 def test_registered():
     from agent.search import STRATEGIES
 
-    assert STRATEGIES["opentuner"] == "opentuner_search"
-    assert Path(get_strategy("opentuner").__code__.co_filename).name == "opentuner_search.py"
+    assert STRATEGIES["opentuner"] == "opentuner_search:OpenTunerSearch"
+    strategy = get_strategy("opentuner")
+    assert strategy.name == "opentuner"
+    assert Path(str(sys.modules[strategy.__module__].__file__)).name == "opentuner_search.py"

@@ -16,16 +16,16 @@ from .conftest import TEST_KERNELS
 QUICK = MeasureSettings(min_runs=3, max_runs=20, budget_s=0.02)
 
 
-def run_tune(kernel, store, profile, toolchain, cache_dir, **options):
+def run_tune(kernel, store, profile, backend, cache_dir, **options):
     problem = parse_shape(find_kernel(str(TEST_KERNELS / kernel)), None)
     options.setdefault("measure", QUICK)
-    return tune(problem, profile=profile, store=store, toolchain=toolchain, cache_dir=cache_dir,
+    return tune(problem, profile=profile, store=store, backend=backend, cache_dir=cache_dir,
                 options=TuneOptions(**options))
 
 
 def test_crashing_hanging_and_wrong_candidates_are_recorded_and_tuning_carries_on(
-        store, profile, toolchain, cache_dir):
-    result = run_tune("faulty", store, profile, toolchain, cache_dir, strategy="exhaustive",
+        store, profile, backend, cache_dir):
+    result = run_tune("faulty", store, profile, backend, cache_dir, strategy="exhaustive",
                       budget=Budget(), timeout_s=1.5)
     by_mode = {json.loads(r["config_json"])["MODE"]: r for r in store.runs(tuning_id=result.tuning_id)
                if r["phase"] == "search"}
@@ -43,12 +43,12 @@ def test_crashing_hanging_and_wrong_candidates_are_recorded_and_tuning_carries_o
     assert store.tunings()[0]["state"] == "finished"
 
 
-def test_exhaustive_search_finds_the_true_optimum(store, profile, toolchain, cache_dir):
+def test_exhaustive_search_finds_the_true_optimum(store, profile, backend, cache_dir):
     # spin recomputes its output REPEAT times: REPEAT=1 is the optimum by construction. Hot caches:
     # with a flush before each run the cold first pass dominates, REPEAT=1 and 4 differ by only
     # about 30%, and that is within the drift between two search batches (seen failing on CI).
     # This test is about the search finding the optimum, not about the flush.
-    result = run_tune("spin", store, profile, toolchain, cache_dir, strategy="exhaustive", budget=Budget(),
+    result = run_tune("spin", store, profile, backend, cache_dir, strategy="exhaustive", budget=Budget(),
                       cache="hot")
     assert result.evaluations == 12
     assert result.winner.config["REPEAT"] == 1
@@ -58,32 +58,32 @@ def test_exhaustive_search_finds_the_true_optimum(store, profile, toolchain, cac
     assert len(best) == 1 and json.loads(best[0]["config_json"])["REPEAT"] == 1
 
 
-def test_local_search_walks_from_the_default_to_the_optimum(store, profile, toolchain, cache_dir):
-    result = run_tune("spin", store, profile, toolchain, cache_dir, strategy="local", budget=Budget(8), cache="hot")
+def test_local_search_walks_from_the_default_to_the_optimum(store, profile, backend, cache_dir):
+    result = run_tune("spin", store, profile, backend, cache_dir, strategy="local", budget=Budget(8), cache="hot")
     assert result.evaluations <= 8
     assert result.winner.config["REPEAT"] == 1
 
 
-def test_random_search_spends_exactly_its_budget_and_never_repeats(store, profile, toolchain, cache_dir):
-    result = run_tune("spin", store, profile, toolchain, cache_dir, strategy="random", budget=Budget(5), seed=7)
+def test_random_search_spends_exactly_its_budget_and_never_repeats(store, profile, backend, cache_dir):
+    result = run_tune("spin", store, profile, backend, cache_dir, strategy="random", budget=Budget(5), seed=7)
     searched = [r for r in store.runs(tuning_id=result.tuning_id) if r["phase"] == "search"]
     assert result.evaluations == 5 == len(searched)
     assert len({r["config"] for r in searched}) == 5
 
 
-def test_every_stored_time_is_the_median_of_its_kept_samples(store, profile, toolchain, cache_dir):
-    result = run_tune("spin", store, profile, toolchain, cache_dir, strategy="random", budget=Budget(3))
+def test_every_stored_time_is_the_median_of_its_kept_samples(store, profile, backend, cache_dir):
+    result = run_tune("spin", store, profile, backend, cache_dir, strategy="random", budget=Budget(3))
     for row in store.runs(tuning_id=result.tuning_id, status="correct"):
         samples = json.loads(row["samples"])
         assert len(samples) >= QUICK.min_runs
         assert row["median_s"] == pytest.approx(statistics.median(samples))
 
 
-def test_manual_configurations_are_checked_before_any_work(store, profile, toolchain, cache_dir):
+def test_manual_configurations_are_checked_before_any_work(store, profile, backend, cache_dir):
     with pytest.raises(ConfigError, match="REPEAT=3 is outside the space"):
-        run_tune("spin", store, profile, toolchain, cache_dir, configs=({"REPEAT": 3},))
+        run_tune("spin", store, profile, backend, cache_dir, configs=({"REPEAT": 3},))
     assert store.count("runs") == 0
-    result = run_tune("spin", store, profile, toolchain, cache_dir, configs=({"REPEAT": 4, "UNROLL": 2},))
+    result = run_tune("spin", store, profile, backend, cache_dir, configs=({"REPEAT": 4, "UNROLL": 2},))
     assert result.strategy == "manual" and result.evaluations == 2  # the default, then the given one
 
 

@@ -53,10 +53,11 @@ class WorkerSession:
 
     def __init__(self, spec_path: Path, shape: Mapping[str, int], *, seed: int = 0,
                  flush_bytes: int = 0, timeout_s: float = 10.0,
-                 cpus: Sequence[int] | None = None) -> None:
+                 cpus: Sequence[int] | None = None, module: str = "agent.bench.worker") -> None:
         self.setup_request = {"cmd": "setup", "spec": str(spec_path), "shape": dict(shape),
                               "seed": seed, "flush_bytes": flush_bytes}
         self.timeout_s = timeout_s
+        self.module = module  # the worker's entry point (python -m): the backend's harness
         self.cpus = tuple(cpus) if cpus else None  # pin the worker: emulate a device with fewer cores
         self.libraries: dict[str, str] = {}  # candidate id -> library path, reloaded on respawn
         self._process: _Process | None = None
@@ -157,7 +158,7 @@ class WorkerSession:
             p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "agent.bench.worker", str(request_read), str(reply_write)],
+                [sys.executable, "-m", self.module, str(request_read), str(reply_write)],
                 stdin=subprocess.DEVNULL, stdout=stderr_file, stderr=stderr_file,
                 pass_fds=(request_read, reply_write), start_new_session=True, env=env,
             )

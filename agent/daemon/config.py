@@ -19,7 +19,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import cast
 
+from agent.budget import QUICK
 from agent.errors import ConfigError
 from agent.settings import config_path, config_section
 
@@ -42,7 +44,7 @@ class DaemonSettings:
 
     preset: str | None = "mobilenet-v2"
     first_boot_budget_s: float = 20 * 60
-    evaluations: int = 5
+    evaluations: int = cast(int, QUICK.budget.evaluations)  # the quick effort profile's (agent.budget)
     busy_cpu_percent: float = 60.0
     poll_interval_s: float = 60.0
     upload_interval_s: float = 3600.0

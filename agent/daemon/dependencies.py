@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.bench.compile import Toolchain
+from agent.backends import DEFAULT_BACKEND, detect_backend
 from agent.errors import EdgetuneError, ToolchainError
 from agent.kernels.registry import find_kernel
 from agent.kernels.spec import KernelSpec, load_spec
@@ -39,7 +39,7 @@ class Current:
     device: str
     compiler: str = "cc"
     model_version: str | None = None
-    _toolchains: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _toolchains: dict[tuple[str, str], str | None] = field(default_factory=dict, repr=False)
     _kernels: dict[tuple[str, str | None], KernelSpec | None] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -49,14 +49,15 @@ class Current:
 
         return cls(device=device, compiler=settings.compiler, model_version=model_version(settings.models_dir))
 
-    def compiler_version(self, target: str) -> str | None:
-        """The compiler's version string for ``target`` (as tunings record it); None if it cannot build it."""
-        if target not in self._toolchains:
+    def compiler_version(self, target: str, backend: str = DEFAULT_BACKEND) -> str | None:
+        """The backend's toolchain version for ``target`` (as tunings record it); None if it cannot build it."""
+        if (backend, target) not in self._toolchains:
             try:
-                self._toolchains[target] = Toolchain.detect(self.compiler, target, cpu_tag=self.device).version
+                found = detect_backend(backend, compiler=self.compiler, target=target, device=self.device)
+                self._toolchains[(backend, target)] = found.version
             except ToolchainError:
-                self._toolchains[target] = None
-        return self._toolchains[target]
+                self._toolchains[(backend, target)] = None
+        return self._toolchains[(backend, target)]
 
     def kernel(self, name: str, path: str | None) -> KernelSpec | None:
         if (name, path) not in self._kernels:
@@ -117,7 +118,7 @@ def _stale_reason(row: dict[str, Any], current: Current) -> tuple[str | None, Ke
         return f"kernel {row['kernel']} is no longer installed", None
     if spec.key != row["kernel_key"]:
         return f"kernel source changed ({row['kernel_key']} -> {spec.key})", spec
-    compiler = current.compiler_version(row["target"])
+    compiler = current.compiler_version(row["target"], spec.backend)
     if compiler is None:
         return f"the compiler no longer builds for target {row['target']}", spec
     if row["compiler"] and compiler != row["compiler"]:

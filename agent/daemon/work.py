@@ -1,7 +1,7 @@
 """Working the request queue: one queued request becomes one tuning (the daemon and ``hook --wait``).
 
-The runner keeps what repeated tunings share (the toolchain per target, the loaded
-predictor) and lets the caller drop the predictor when idle to give its memory back.
+The runner keeps what repeated tunings share (its tuning session: the backend per target;
+the loaded predictor) and lets the caller drop the predictor when idle to give its memory back.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.bench.compile import Toolchain
+from agent.budget import QUICK, Budget
 from agent.errors import EdgetuneError
+from agent.evaluator import CandidateResult
 from agent.hardware import HardwareProfile
 from agent.kernels.problem import parse_shape
 from agent.settings import Settings
 from agent.store import Store
-from agent.tuner import Budget, CandidateResult, TuneOptions, TuneResult, tune
+from agent.tuner import TuneResult
+from agent.tuning_session import TuningSession
 
 from .dependencies import load_request_kernel
 
@@ -38,19 +40,12 @@ class Outcome:
 class RequestRunner:
     """Turns queued requests into tunings on this device; reuse one for many requests."""
 
-    def __init__(self, settings: Settings, profile: HardwareProfile, *, evaluations: int = 5,
-                 cloud: Any = None) -> None:
+    def __init__(self, settings: Settings, profile: HardwareProfile, *,
+                 evaluations: int | None = QUICK.budget.evaluations, cloud: Any = None) -> None:
         self.settings = settings
         self.profile = profile
         self.evaluations = evaluations
-        self.cloud = cloud
-        self._toolchains: dict[str, Toolchain] = {}
-
-    def toolchain(self, target: str) -> Toolchain:
-        if target not in self._toolchains:
-            self._toolchains[target] = Toolchain.detect(self.settings.compiler, target,
-                                                        cpu_tag=self.profile.fingerprint())
-        return self._toolchains[target]
+        self.session = TuningSession(settings, profile=profile, cloud=cloud)
 
     def run(self, store: Store, request: dict[str, Any], *, seconds: float | None = None,
             on_result: Callable[[CandidateResult, int], None] | None = None) -> Outcome:
@@ -63,11 +58,9 @@ class RequestRunner:
         try:
             spec = load_request_kernel(request["kernel"], request["kernel_path"])
             problem = parse_shape(spec, request["shape"])
-            options = TuneOptions(strategy="model", budget=Budget(evaluations=self.evaluations, seconds=seconds),
-                                  target=request["target"], models=self.settings.models_dir, cloud=self.cloud,
-                                  state_dir=self.settings.db_path.parent)
-            result = tune(problem, profile=self.profile, store=store, toolchain=self.toolchain(request["target"]),
-                          cache_dir=self.settings.cache_dir, options=options, on_result=on_result)
+            options = self.session.options("model", budget=Budget(evaluations=self.evaluations, seconds=seconds),
+                                           target=request["target"])
+            result = self.session.tune(problem, options, store=store, on_result=on_result)
         except Exception as exc:  # a request that breaks must not stop the queue, nor loop the service
             error = str(exc) if isinstance(exc, EdgetuneError) else f"internal error: {type(exc).__name__}: {exc}"
             store.finish_request(request["id"], state="failed", error=error)

@@ -3,6 +3,7 @@
 A spec directory holds ``kernel.toml``, the C source it names, and a NumPy reference::
 
     name = "gemm"
+    backend = "c"                  # optional: how candidates are built and run (agent.backends)
     source = "gemm.c"              # C file beside kernel.toml
     entry = "gemm"                 # the exported function
     reference = "reference.py:gemm"
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from agent.backends import BACKENDS, DEFAULT_BACKEND
 from agent.errors import ExpressionError, SpecError
 from agent.kernels.expr import Expression, compile_expression
 
@@ -133,6 +135,7 @@ class KernelSpec:
     description: str = ""
     flops: Expression | None = None  # floating-point operations per call, over the dimensions
     source_hash: str = field(default="", compare=False)
+    backend: str = DEFAULT_BACKEND  # the name of the backend that builds and runs it (agent.backends)
 
     @property
     def dimensions(self) -> tuple[str, ...]:
@@ -187,7 +190,7 @@ def load_spec(path: str | Path) -> KernelSpec:
 
 _TOP_KEYS = {
     "name", "description", "source", "entry", "reference", "rtol", "atol",
-    "constraints", "default_shape", "args", "params", "shapes", "flops",
+    "constraints", "default_shape", "args", "params", "shapes", "flops", "backend",
 }
 
 
@@ -197,6 +200,9 @@ def _build(data: dict[str, Any], toml_path: Path, toml_text: str) -> KernelSpec:
         raise SpecError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}")
     directory = toml_path.resolve().parent
     name = _identifier(_require(data, "name", str), "kernel name")
+    backend = data.get("backend", DEFAULT_BACKEND)
+    if backend not in BACKENDS:
+        raise SpecError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     entry = _identifier(data.get("entry", name), "entry")
     source_path = _sibling(directory, _require(data, "source", str), "source")
     try:
@@ -253,6 +259,7 @@ def _build(data: dict[str, Any], toml_path: Path, toml_text: str) -> KernelSpec:
         description=str(data.get("description", "")),
         flops=flops,
         source_hash=digest.hexdigest(),
+        backend=backend,
     )
     return spec
 

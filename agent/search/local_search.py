@@ -11,11 +11,21 @@ from __future__ import annotations
 import random
 
 from agent.bench.measure import TIE_RATIO
+from agent.evaluator import Evaluator
 from agent.kernels.space import Config, Space
-from agent.tuner import Evaluator
+from agent.search.base import Strategy, StrategyReport
 
 
-def search(evaluator: Evaluator, space: Space, rng: random.Random) -> None:
+class LocalSearch(Strategy):
+    name = "local"
+
+    def search(self, evaluator: Evaluator, space: Space, rng: random.Random) -> StrategyReport:
+        climb(evaluator, space, rng)
+        return StrategyReport()
+
+
+def climb(evaluator: Evaluator, space: Space, rng: random.Random) -> None:
+    """Hill-climb from the default (or a random start) until the budget ends or the space runs dry."""
     start = space.default()
     if not space.is_valid(start):
         start = space.sample(1, rng)[0]

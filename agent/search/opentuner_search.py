@@ -30,9 +30,10 @@ from unittest import mock
 import numpy as np
 
 from agent.errors import ConfigError
+from agent.evaluator import Evaluator
 from agent.kernels.space import Config, Space, config_key
 from agent.kernels.spec import Param
-from agent.tuner import Evaluator
+from agent.search.base import Strategy, StrategyReport
 
 FAILED_TIME = 1e30  # seconds reported to OpenTuner for an illegal or failed configuration
 BATCH = 4  # proposals per round (at most the evaluator's batch size)
@@ -41,7 +42,15 @@ MISSING = "the opentuner strategy needs OpenTuner 0.8.8: pip install 'edgetune[t
 _LOGGERS = ("opentuner", "sqlalchemy")
 
 
-def search(evaluator: Evaluator, space: Space, rng: random.Random) -> None:
+class OpenTunerSearch(Strategy):
+    name = "opentuner"
+
+    def search(self, evaluator: Evaluator, space: Space, rng: random.Random) -> StrategyReport:
+        _search(evaluator, space, rng)
+        return StrategyReport()
+
+
+def _search(evaluator: Evaluator, space: Space, rng: random.Random) -> None:
     api = _import_opentuner()
     tuned = [p for p in space.params if len(p.values) > 1]
     if not tuned:  # nothing to choose: the default (measured already) is the only point
