@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from agent.cli.options import json_option
-from agent.cli.output import emit, seconds, write_text
+from agent.cli.output import emit, print_case, write_text
 from agent.cli.root import Context
 from agent.errors import ConfigError, EdgetuneError
 
@@ -46,108 +44,43 @@ def collect(obj: Context, kernel_names: tuple[str, ...], preset: str | None, sha
     Resumable: every measurement is stored as it is made, so running the same command
     again after an interruption measures only what is missing.
     """
-    import shlex
-
-    from agent import hardware
-    from agent.bench.compile import Toolchain
-    from agent.collect import CollectOptions, collect_case, plan_cases
-    from agent.dataset import export_dataset
-    from agent.hardware.targets import available_targets
-    from agent.kernels.problem import parse_shape
-    from agent.kernels.registry import find_kernel, kernel_dirs
-    from agent.kernels.workloads import find_workload
+    from agent.collect import CollectOptions, plan_sweep
+    from agent.collect import collect as collect_sweep
+    from agent.collect import dry_run as plan_rows
 
     try:
-        core_counts = sorted({int(c) for c in cores.split(",") if c.strip()})
+        core_counts = [int(c) for c in cores.split(",") if c.strip()]
     except ValueError:
         raise ConfigError(f"--cores {cores!r} is not a comma-separated list of integers") from None
-    if not core_counts or min(core_counts) < 1:
-        raise ConfigError(f"--cores {cores!r}: core counts must be positive")
-    if configs_per_case < 1:
-        raise ConfigError(f"--configs {configs_per_case}: must be at least 1")
-    if preset and (kernel_names or shapes):
-        raise ConfigError("--preset already names kernels and shapes; drop --kernel/--shapes")
-    problems = []
-    if preset:
-        problems = [problem for _, problem in find_workload(preset).problems()]
-    else:
-        for name in kernel_names or tuple(sorted(kernel_dirs())):
-            spec = find_kernel(name)
-            wanted = [s.strip() for s in shapes.split(";") if s.strip()] if shapes else \
-                [s for s in spec.shapes if s != "small"]
-            problems.extend(parse_shape(spec, s) for s in wanted)
-    profile = hardware.probe(measure_bandwidth=False, compiler=obj.settings.compiler)
-    usable = available_targets(profile)
-    chosen_targets = list(targets) or usable
-    too_many = [n for n in core_counts if n > profile.logical_cores]
-    if too_many:
-        raise ConfigError(f"--cores {cores}: this machine has {profile.logical_cores} hardware threads")
-    toolchains = {t: Toolchain.detect(obj.settings.compiler, t, cpu_tag=profile.fingerprint())
-                  for t in chosen_targets}
-    cases = plan_cases(problems, chosen_targets, core_counts)
-    options = CollectOptions(configs_per_case=configs_per_case, seed=seed, remeasure=remeasure)
+    sweep = plan_sweep(kernel_names=kernel_names, preset=preset, shapes=shapes, targets=targets, cores=core_counts,
+                       configs_per_case=configs_per_case, compiler=obj.settings.compiler)
     if dry_run:
-        from agent.collect import case_configs, case_space
-
-        rows = []
-        for case in cases:
-            planned, size = case_configs(case_space(case, profile), configs_per_case, seed)
-            rows.append({"kernel": case.problem.spec.name, "shape": case.problem.key, "target": case.target,
-                         "cores": case.cores, "space": size, "planned": len(planned)})
+        rows = plan_rows(sweep, configs_per_case=configs_per_case, seed=seed)
         emit(rows, as_json, title=f"{len(rows)} cases")
         return
-    results, failures = [], []
-    started = time.monotonic()
+    options = CollectOptions(configs_per_case=configs_per_case, seed=seed, remeasure=remeasure)
     with obj.open_store() as store:
-        for index, case in enumerate(cases, start=1):
-            result = collect_case(case, profile=profile, store=store, toolchain=toolchains[case.target],
-                                  cache_dir=obj.settings.cache_dir, options=options)
-            results.append(result)
-            if result.valid == 0:
-                failures.append(result)
-            if not as_json:
-                _print_case(index, len(cases), result)
-        wall_s = time.monotonic() - started
-        manifest = None
-        if export_dir:
-            manifest = export_dataset(
-                store, export_dir, name=dataset_name or Path(export_dir).name,
-                commands=[shlex.join(["edgetune", *sys.argv[1:]])], strategy="collect", origin="measured",
-                kernels=sorted({c.problem.spec.name for c in cases}),
-                notes={"collect_wall_s_last_run": round(wall_s, 1), "targets": chosen_targets,
-                       "cores": core_counts, "configs_per_case": configs_per_case, "seed": seed})
-    summary = {
-        "cases": len(results), "measured_now": sum(r.measured_now for r in results),
-        "skipped": sum(r.state == "skipped" for r in results), "wall_s": round(wall_s, 1),
-        "without_valid_config": [r.case.label for r in failures],
-        "dataset": str(export_dir) if export_dir else None,
-        "records": manifest["counts"]["records"] if manifest else None,
-    }
+        report = collect_sweep(store, sweep=sweep, cache_dir=obj.settings.cache_dir, options=options,
+                               export_dir=export_dir, dataset_name=dataset_name, commands=[_command_line()],
+                               on_case=None if as_json else print_case)
+    summary, failures = report.summary(), report.failures
     if as_json:
-        click.echo(json.dumps({**summary, "results": [_case_dict(r) for r in results]}, indent=2))
+        click.echo(json.dumps({**summary, "results": [r.to_dict() for r in report.results]}, indent=2))
     else:
         click.echo(f"{summary['cases']} cases ({summary['skipped']} already complete), "
-                   f"{summary['measured_now']} configurations measured now, in {wall_s:.0f} s"
-                   + (f"; dataset {export_dir}: {summary['records']} records" if manifest else ""))
+                   f"{summary['measured_now']} configurations measured now, in {report.wall_s:.0f} s"
+                   + (f"; dataset {export_dir}: {summary['records']} records" if report.manifest else ""))
     if failures:
         raise EdgetuneError(f"{len(failures)} case(s) have no valid configuration (every candidate failed "
                             f"or disagreed with the reference), first: {failures[0].case.label}; "
                             "see `edgetune runs --status correctness`")
 
 
-def _case_dict(result: Any) -> dict[str, Any]:
-    return {"kernel": result.case.problem.spec.name, "shape": result.case.problem.key,
-            "target": result.case.target, "cores": result.case.cores, "state": result.state,
-            "space": result.space_size, "planned": result.planned, "measured_now": result.measured_now,
-            "valid": result.valid, "best_s": result.best_s, "default_s": result.default_s,
-            "speedup": result.speedup, "wall_s": round(result.wall_s, 2), "tuning_id": result.tuning_id}
+def _command_line() -> str:
+    """This command as typed, for a dataset's manifest."""
+    import shlex
 
-
-def _print_case(index: int, total: int, result: Any) -> None:
-    speed = f", best/default {result.speedup:.2f}x" if result.speedup else ""
-    best_text = seconds(result.best_s) if result.best_s else "no valid configuration"
-    click.echo(f"[{index}/{total}] {result.case.label}: {result.state}, {result.valid}/{result.planned} valid "
-               f"(space {result.space_size}), best {best_text}{speed}, {result.wall_s:.1f} s")
+    return shlex.join(["edgetune", *sys.argv[1:]])
 
 
 @click.command("import")
@@ -212,11 +145,8 @@ def import_(obj: Context, paths: tuple[Path, ...], fmt: str, device: str | None,
 def export(obj: Context, fmt: str, tuning_id: int | None, kernel_names: tuple[str, ...], origin: str | None,
            strategy: str | None, output: Path | None, dataset_name: str | None, no_samples: bool) -> None:
     """Export stored measurements: T4 or Kernel Tuner files, JSON lines, or a dataset folder."""
-    import shlex
-
-    from agent.dataset import export_dataset, parse_shape_key
-    from agent.interchange.kerneltuner import write_kernel_tuner
-    from agent.interchange.t4 import write_t4
+    from agent.dataset import export_dataset
+    from agent.interchange.export import export_tuning
 
     with obj.open_store() as store:
         if fmt == "dataset":
@@ -224,33 +154,13 @@ def export(obj: Context, fmt: str, tuning_id: int | None, kernel_names: tuple[st
                 raise ConfigError("--format dataset needs --output FOLDER")
             manifest = export_dataset(store, output, name=dataset_name or output.name, kernels=kernel_names,
                                       origin=origin, strategy=strategy, samples=not no_samples,
-                                      commands=[shlex.join(["edgetune", *sys.argv[1:]])])
+                                      commands=[_command_line()])
             click.echo(f"{output}: {manifest['counts']['records']} records in {manifest['counts']['cases']} cases")
             return
         if fmt == "jsonl":
             rows = store.export_runs(tuning_id=tuning_id, kernels=kernel_names, origin=origin, strategy=strategy)
             write_text(output, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
             return
-        tunings = store.export_tunings(tuning_id=tuning_id, kernels=kernel_names, origin=origin,
-                                       strategy=strategy)
-        if len(tunings) != 1:
-            raise EdgetuneError(f"{len(tunings)} tuning sessions match; {fmt} holds one: pick it with "
-                                "--tuning ID (see `edgetune runs` or `edgetune best`)")
-        tuning = tunings[0]
-        runs_ = list(store.export_runs(tuning_id=tuning["id"]))
-        device_row = next((d for d in store.devices() if d["fingerprint"] == tuning["device"]), None)
-        profile = json.loads(device_row["profile"]) if device_row else {}
-        kernel_row = next((k for k in store.kernels() if k["key"] == tuning["kernel_key"]), None)
-        params = json.loads(kernel_row["space"])["params"] if kernel_row else []
-        shape = parse_shape_key(tuning["shape"])
-        if fmt == "t4":
-            document = write_t4(runs_, {
-                "kernel": tuning["kernel"], "kernel_key": tuning["kernel_key"], "shape": shape,
-                "target": tuning["target"], "compiler": tuning["compiler"], "cores": tuning["cores"],
-                "device": {"fingerprint": tuning["device"], "name": profile.get("name", ""), "profile": profile},
-                "params": params, "exported_by": "edgetune",
-            })
-        else:
-            document = write_kernel_tuner(runs_, device_name=str(profile.get("name", tuning["device"])),
-                                          kernel_name=tuning["kernel"], shape=shape, params=params)
-        write_text(output, json.dumps(document, indent=1) + "\n")
+        document = export_tuning(store, fmt=fmt, tuning_id=tuning_id, kernels=kernel_names, origin=origin,
+                                 strategy=strategy)
+    write_text(output, json.dumps(document, indent=1) + "\n")

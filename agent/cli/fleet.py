@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from agent.cli.options import fleet_db_option, json_option
+from agent.cli.output import print_pull
 from agent.cli.root import Context
 from agent.errors import ConfigError
-from agent.settings import Settings
+from agent.settings import OPERATOR_TOKEN_ENV, RANK_DEADLINE_S, Settings
 
 __all__ = ["fleet", "pull_and_report"]
 
@@ -40,7 +40,7 @@ def _fleet_db(settings: Settings, fleet_db: str | None) -> str:
               help="Answer POST /v1/rank by asking this OpenAI-compatible server's /v1/completions with logprobs "
                    "instead of the teacher (bearer token from EDGETUNE_FLEET_UPSTREAM_TOKEN).")
 @click.option("--rank-upstream-model", metavar="NAME", default=None, help="The model name sent upstream.")
-@click.option("--rank-timeout", default=10.0, show_default=True, type=click.FloatRange(0.01, 600),
+@click.option("--rank-timeout", default=RANK_DEADLINE_S, show_default=True, type=click.FloatRange(0.01, 600),
               help="Seconds one /v1/rank request may take; past them it answers 503 with Retry-After.")
 @click.pass_obj
 def fleet_serve(obj: Context, fleet_db: str | None, host: str, port: int, teacher: Path | None,
@@ -50,26 +50,20 @@ def fleet_serve(obj: Context, fleet_db: str | None, host: str, port: int, teache
     POST /v1/rank, the devices' cloud fallback, is answered by the teacher model, or with
     --rank-upstream by an OpenAI-compatible server.
     """
-    import os
-
-    token = os.environ.get("EDGETUNE_FLEET_OPERATOR_TOKEN", "")
+    token = obj.settings.fleet_operator_token
     if not token:
-        raise ConfigError("set EDGETUNE_FLEET_OPERATOR_TOKEN: the operator token guards the fleet's reads")
+        raise ConfigError(f"set {OPERATOR_TOKEN_ENV}: the operator token guards the fleet's reads")
     try:
         import uvicorn
 
         from agent.fleet.app import create_app
     except ImportError as exc:
         raise ConfigError(f"the fleet service needs its extra: install edgetune[fleet] ({exc})") from None
-    from agent.fleet.rank import UPSTREAM_TOKEN_ENV, RankService, TeacherRanker, UpstreamRanker, default_teacher
+    from agent.fleet.rank import rank_service
 
-    if rank_upstream and teacher:
-        raise ConfigError("--teacher and --rank-upstream are exclusive: /v1/rank is answered by one of them")
-    if teacher is not None and not teacher.is_file():
-        raise ConfigError(f"--teacher {teacher}: no such file")
-    ranker = (UpstreamRanker(rank_upstream, token=os.environ.get(UPSTREAM_TOKEN_ENV), model=rank_upstream_model,
-                             timeout_s=rank_timeout) if rank_upstream else TeacherRanker(teacher or default_teacher()))
-    ranking = RankService(ranker, deadline_s=rank_timeout)
+    ranking = rank_service(models_dir=obj.settings.models_dir, teacher=teacher, upstream=rank_upstream,
+                           upstream_model=rank_upstream_model, upstream_token=obj.settings.fleet_upstream_token,
+                           deadline_s=rank_timeout)
     app = create_app(_fleet_db(obj.settings, fleet_db), token, ranking=ranking)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
@@ -92,21 +86,17 @@ def fleet_add_device(obj: Context, name: str, fleet_db: str | None) -> None:
 @click.option("--device", default=None, help="Only this device's runs (its fleet name).")
 @click.option("--kernel", default=None, help="Only this kernel's runs.")
 @json_option
-def fleet_pull(url: str, out_dir: Path, device: str | None, kernel: str | None, as_json: bool) -> None:
+@click.pass_obj
+def fleet_pull(obj: Context, url: str, out_dir: Path, device: str | None, kernel: str | None, as_json: bool) -> None:
     """Fetch the fleet's search-phase runs at URL as a dataset folder (operator token from
     EDGETUNE_FLEET_OPERATOR_TOKEN); `edgetune train DIR` trains on it."""
-    pull_and_report(url, out_dir, as_json=as_json, device=device, kernel=kernel)
+    pull_and_report(url, out_dir, token=obj.settings.fleet_operator_token or "", as_json=as_json, device=device,
+                    kernel=kernel)
 
 
-def pull_and_report(url: str, out_dir: Path, *, as_json: bool, quiet: bool = False, **filters: str | None) -> None:
-    import os
+def pull_and_report(url: str, out_dir: Path, *, token: str, as_json: bool, **filters: str | None) -> None:
+    """Pull the fleet's dataset at ``url`` into ``out_dir`` and say what came."""
+    from agent.fleet.pull import pull_dataset
 
-    from agent.fleet.pull import OPERATOR_TOKEN_ENV, pull_dataset
-
-    manifest = pull_dataset(url, os.environ.get(OPERATOR_TOKEN_ENV, ""), out_dir, **filters)
-    counts = manifest["counts"]
-    if as_json and not quiet:
-        click.echo(json.dumps({"path": str(out_dir), "counts": counts}, indent=1))
-    elif not as_json:  # quiet: a log line on stderr (stdout is the training's)
-        click.echo(f"{out_dir}: {counts['records']} records, {counts['cases']} cases, "
-                   f"{len(manifest['devices'])} devices from {url}", err=quiet)
+    manifest = pull_dataset(url, token, out_dir, **filters)
+    print_pull(url, out_dir, manifest, as_json=as_json)

@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
 from agent.cli.fleet import pull_and_report
 from agent.cli.options import json_option
-from agent.errors import ConfigError
+from agent.cli.output import print_pull
+from agent.cli.root import Context
 
 __all__ = ["eval_", "train"]
-
-
-DEFAULT_DATASETS = ("models/data/cpu-epyc-avx512-2026-11-25", "models/data/gpu-kernel-tuner-hub")
-
-
-def _datasets(paths: tuple[Path, ...]) -> list[str]:
-    chosen = [str(p) for p in paths] or [d for d in DEFAULT_DATASETS if Path(d).is_dir()]
-    if not chosen:
-        raise ConfigError("no dataset given and none of the default ones is here "
-                          f"({', '.join(DEFAULT_DATASETS)}); pass dataset folders")
-    return chosen
-
-
-def _training_modules() -> None:
-    missing = [m for m in ("torch", "gguf", "llama_cpp", "lightgbm", "onnxmltools") if not _importable(m)]
-    if missing:
-        raise ConfigError(f"training needs {', '.join(missing)}: pip install 'edgetune[train]'")
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 @click.command()
@@ -57,7 +35,8 @@ def _importable(module: str) -> bool:
 @click.option("--pull-only", "pull_only", metavar="DIR", type=click.Path(path_type=Path),
               help="With --from-fleet: write the fleet's dataset to DIR and train nothing.")
 @json_option
-def train(datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, student_steps: int | None,
+@click.pass_obj
+def train(obj: Context, datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, student_steps: int | None,
           seed: int, card: bool, smoke: bool, threads: int | None, only: str, from_fleet: str | None,
           pull_only: Path | None, as_json: bool) -> None:
     """Train the teacher, the distilled 4-bit student and the cost model on DATASETS (default: models/data/*).
@@ -67,48 +46,25 @@ def train(datasets: tuple[Path, ...], out_dir: Path, teacher_steps: int | None, 
     card README.md. A few minutes per model on two cores. --from-fleet URL pulls the fleet's
     runs into a dataset first (kept only with --pull-only DIR, which trains nothing).
     """
+    from agent.train.entry import train as train_models
+
+    token = obj.settings.fleet_operator_token or ""
     if pull_only is not None and not from_fleet:
         raise click.UsageError("--pull-only needs --from-fleet URL")
     if from_fleet and pull_only is not None:
-        pull_and_report(from_fleet, pull_only, as_json=as_json)
+        pull_and_report(from_fleet, pull_only, token=token, as_json=as_json)
         return
-    _training_modules()
-    if from_fleet:
-        import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="edgetune-fleet-") as scratch:
-            pulled = Path(scratch) / "fleet"
-            pull_and_report(from_fleet, pulled, as_json=as_json, quiet=True)
-            train.callback(datasets=(*datasets, pulled), out_dir=out_dir, teacher_steps=teacher_steps,  # type: ignore[misc]
-                           student_steps=student_steps, seed=seed, card=card, smoke=smoke, threads=threads,
-                           only=only, from_fleet=None, pull_only=None, as_json=as_json)
-        return
-    from agent.train.fit import TrainRun
-    from agent.train.pipeline import train_and_export, train_cost_model
+    def on_pull(url: str, folder: Path, manifest: Mapping[str, Any]) -> None:
+        if not as_json:  # a log line on stderr (stdout is the training's)
+            print_pull(url, folder, manifest, as_json=False, err=True)
 
     log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
-    if only == "cost-model":
-        entry = train_cost_model(_datasets(datasets), out_dir, seed=seed, log=log)
-        if card and (out_dir / "edgetune-student-q4_0.gguf").is_file():
-            from agent.train.card import write_card
-
-            write_card(out_dir)
-        if as_json:
-            click.echo(json.dumps(entry, indent=1))
-        return
-
-    run = (TrainRun().tiny(5) if smoke else TrainRun()).seeded(seed)
-    if teacher_steps:
-        run = replace(run, teacher_train=replace(run.teacher_train, steps=teacher_steps))
-    if student_steps:
-        run = replace(run, student_train=replace(run.student_train, steps=student_steps))
-    metrics = train_and_export(_datasets(datasets), out_dir, run, log=log, threads=threads)
-    if card:
-        from agent.train.card import write_card
-
-        write_card(out_dir)
+    result = train_models(datasets=datasets, out_dir=out_dir, teacher_steps=teacher_steps, student_steps=student_steps,
+                          seed=seed, card=card, smoke=smoke, threads=threads, only=only, from_fleet=from_fleet,
+                          fleet_token=token, on_pull=on_pull, log=log)
     if as_json:
-        click.echo(json.dumps(metrics, indent=1))
+        click.echo(json.dumps(result, indent=1))
 
 
 @click.command("eval")
@@ -133,22 +89,11 @@ def eval_(datasets: tuple[Path, ...], out_dir: Path, folds: tuple[str, ...], qui
     reuse, a LightGBM cost model, OpenTuner and Kernel Tuner's strategies, and writes
     Markdown, JSON and a PNG plot. The full run takes most of an hour on two cores.
     """
-    _training_modules()
-    from agent.train.evaluate import EvalOptions, evaluate
-    from agent.train.splits import SPLITS  # noqa: F401 - the fold names are documented above
+    from agent.train.entry import evaluate_models
 
-    options = EvalOptions(folds=folds, opentuner=not (no_opentuner or quick), quantized=not no_q4)
-    if quick:
-        options = replace(options, run=options.run.tiny(20), max_cases=3)
     log = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
-    report = evaluate(_datasets(datasets), out_dir, options, log=log, jobs=jobs, fresh=fresh)
-    if (out_dir.parent / "metrics.json").is_file():  # models/eval beside a trained models/: refresh its card
-        from agent.train.card import write_card
-
-        calibration = out_dir / "calibration.json"
-        if calibration.is_file() and not quick and not folds:  # only a full run calibrates the shipped models
-            shutil.copyfile(calibration, out_dir.parent / "confidence.json")
-        write_card(out_dir.parent)
+    report = evaluate_models(datasets=datasets, out_dir=out_dir, folds=folds, quick=quick, opentuner=not no_opentuner,
+                             quantized=not no_q4, jobs=jobs, fresh=fresh, log=log)
     if as_json:
         click.echo(json.dumps(report["splits"], indent=1))
     else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from rich.table import Table
 
 from agent.errors import EdgetuneError
 
-__all__ = ["emit", "human", "print_tune_result", "progress", "seconds", "write_text"]
+__all__ = ["emit", "human", "print_case", "print_pull", "print_tune_result", "progress", "seconds", "write_text"]
 
 
 def emit(rows: list[dict[str, Any]], as_json: bool, *, title: str,
@@ -135,6 +135,22 @@ def print_tune_result(result: Any) -> None:
             console.print(f"[dim]time: {split}[/]")
 
 
+def print_case(index: int, total: int, result: Any) -> None:
+    """One line per collected case: its state, valid configurations, best time and speed-up."""
+    speed = f", best/default {result.speedup:.2f}x" if result.speedup else ""
+    best_text = seconds(result.best_s) if result.best_s else "no valid configuration"
+    click.echo(f"[{index}/{total}] {result.case.label}: {result.state}, {result.valid}/{result.planned} valid "
+               f"(space {result.space_size}), best {best_text}{speed}, {result.wall_s:.1f} s")
+
+
+def print_pull(url: str, out_dir: Path, manifest: Mapping[str, Any], *, as_json: bool, err: bool = False) -> None:
+    """What a pull from the fleet wrote: JSON counts, or one line (on stderr with ``err``)."""
+    counts = manifest["counts"]
+    if as_json:
+        click.echo(json.dumps({"path": str(out_dir), "counts": counts}, indent=1))
+        return
+    click.echo(f"{out_dir}: {counts['records']} records, {counts['cases']} cases, "
+               f"{len(manifest['devices'])} devices from {url}", err=err)
 
 
 def write_text(output: Path | None, text: str) -> None:

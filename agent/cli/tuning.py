@@ -15,7 +15,7 @@ from agent.cli.output import emit, human
 from agent.cli.output import print_tune_result as _print_tune_result
 from agent.cli.output import progress as _progress
 from agent.cli.root import Context
-from agent.settings import Settings
+from agent.settings import CANDIDATE_TIMEOUT_S, Settings
 
 __all__ = ["best", "kernels", "presets", "probe", "runs", "tune"]
 
@@ -104,7 +104,7 @@ def kernels(obj: Context, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the search and the inputs.")
 @click.option("--cache", "cache_mode", type=click.Choice(["auto", "cold", "hot"]), default="auto",
               show_default=True, help="Flush caches between runs: auto = when the data fits in the LLC.")
-@click.option("--timeout", "timeout_s", default=10.0, show_default=True,
+@click.option("--timeout", "timeout_s", default=CANDIDATE_TIMEOUT_S, show_default=True,
               help="Seconds one run of a candidate may take before it is killed.")
 @click.option("--config", "configs", multiple=True, metavar="NAME=VALUE,...",
               help="Measure exactly this configuration (repeatable) against the default, no search.")

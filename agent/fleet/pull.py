@@ -19,11 +19,11 @@ import httpx
 
 from agent.dataset import MANIFEST_FILE, parse_shape_key, write_dataset
 from agent.errors import EdgetuneError
+from agent.settings import OPERATOR_TOKEN_ENV
 from agent.store import INVALIDITY
 
 __all__ = ["OPERATOR_TOKEN_ENV", "PullError", "pull_dataset"]
 
-OPERATOR_TOKEN_ENV = "EDGETUNE_FLEET_OPERATOR_TOKEN"
 PAGE = 1000
 
 

@@ -37,12 +37,13 @@ from agent.predict.cost_features import config_features
 from agent.predict.cost_model import CostModel
 from agent.predict.errors import ModelFileError
 from agent.predict.local_model import LocalModel
-from agent.predict.model_files import CONFIDENCE_FILE, COST_MODEL_FILE, STUDENT_FILE, default_model_dir
+from agent.predict.model_files import CONFIDENCE_FILE, COST_MODEL_FILE, STUDENT_FILE
 from agent.predict.prompt import ConfigCodec, HardwareDesc, KernelDesc, hardware_desc, kernel_desc, prompt_tokens
 from agent.predict.ranking import CANDIDATES, RankingFeatures, blend_order, ranking_features
 from agent.predict.vocab import vocabulary
+from agent.settings import default_models_dir
 
-__all__ = ["COST_MODEL_FILE", "STUDENT_FILE", "Candidate", "Prediction", "Predictor", "default_model_dir"]
+__all__ = ["COST_MODEL_FILE", "STUDENT_FILE", "Candidate", "Prediction", "Predictor"]
 
 @dataclass(frozen=True)
 class Candidate:
@@ -102,7 +103,7 @@ class Predictor:
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, threads: int = 1,
                  cache_dir: Path | None = None, compiler: str = "cc") -> None:
         """Load the models in ``model_dir``; raises ModelFileError if the student cannot be used."""
-        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        self.model_dir = Path(model_dir) if model_dir is not None else default_models_dir()
         self.warnings: list[str] = []
         self._cache_dir = cache_dir
         self._compiler = compiler
