@@ -10,7 +10,7 @@ import pytest
 import torch
 
 # llama-cpp-python and torch are installed by `make test`; a missing one fails here, loudly.
-from agent.predict.errors import ModelFileError
+from agent.errors import ModelFileError
 from agent.predict.local_model import LocalModel
 from agent.predict.vocab import vocabulary
 from agent.train.gguf_export import quantize_gguf, write_gguf

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.dataset import DatasetError, read_dataset
-from agent.interchange import ImportError_, import_path, read_batches
+from agent.interchange import ImportFileError, import_path, read_batches
 from agent.interchange.batch import guess_role
 
 from .conftest import run_cli
@@ -96,11 +96,11 @@ def test_t4_without_metadata_needs_kernel_device_and_shape(tmp_path):
     bare.write_text(json.dumps({"schema_version": "1.0.0", "results": [
         {"configuration": {"x": 1}, "invalidity": "correct", "correctness": 1, "times": {},
          "measurements": [{"name": "time", "value": 2.5, "unit": "ms"}]}]}))
-    with pytest.raises(ImportError_, match="--kernel"):
+    with pytest.raises(ImportFileError, match="--kernel"):
         read_batches(bare)
-    with pytest.raises(ImportError_, match="--shape"):
+    with pytest.raises(ImportFileError, match="--shape"):
         read_batches(bare, kernel="k")
-    with pytest.raises(ImportError_, match="--device"):
+    with pytest.raises(ImportFileError, match="--device"):
         read_batches(bare, kernel="k", shape={"N": 4})
     [batch] = read_batches(bare, kernel="k", shape={"N": 4}, device="W6600")
     assert batch.runs[0].time_s == pytest.approx(2.5e-3)

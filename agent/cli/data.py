@@ -100,7 +100,7 @@ def import_(obj: Context, paths: tuple[Path, ...], fmt: str, device: str | None,
     A directory that is not a dataset stands for every .json/.json.gz file under it. A
     file that cannot be read is reported on one line and changes nothing; the rest go on.
     """
-    from agent.interchange import ImportError_, expand_paths, import_path
+    from agent.interchange import ImportFileError, expand_paths, import_path
 
     parsed_shape = None
     if shape:
@@ -116,7 +116,7 @@ def import_(obj: Context, paths: tuple[Path, ...], fmt: str, device: str | None,
             try:
                 outcomes = import_path(store, path, fmt=fmt, device=device, kernel=kernel, shape=parsed_shape,
                                        origin_root=root, replace_existing=replace_existing)
-            except ImportError_ as exc:
+            except ImportFileError as exc:
                 if len(files) == 1:
                     raise
                 errors.append(str(exc))

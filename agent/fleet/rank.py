@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.errors import ConfigError, EdgetuneError
+from agent.errors import ConfigError, EdgetuneError, RankBusy
 from agent.predict.model_files import TEACHER_FILE
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, candidate_key, rank_with_model
 from agent.predict.vocab import vocabulary
@@ -46,12 +46,6 @@ _KERNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a built-in's nam
 _WHAT = "rank request"
 
 
-class RankBusy(EdgetuneError):
-    """No answer in time, or no ranking model to answer with: 503, try again after ``retry_after`` seconds."""
-
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, int(retry_after))
 
 
 class Ranker(Protocol):

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from agent.errors import FleetError
+from agent.errors import FleetError, IdempotencyConflict
 from agent.fleet.protocol import ack_summary
 from agent.store import utc_now
 
@@ -129,8 +129,6 @@ class Device:
     name: str
 
 
-class IdempotencyConflict(FleetError):
-    """An Idempotency-Key was used before with a different batch."""
 
 
 class _SQLite:

@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import EdgetuneError
+from agent.errors import EdgetuneError, ModelFileError
 from agent.kernels.features import KernelFeatures, SourceFeatures, kernel_features
 from agent.kernels.space import Config, Space, config_key
 from agent.kernels.spec import KernelSpec
 from agent.predict.confidence import Calibration
 from agent.predict.cost_features import config_features
 from agent.predict.cost_model import CostModel
-from agent.predict.errors import ModelFileError
 from agent.predict.local_model import LocalModel
 from agent.predict.model_files import CONFIDENCE_FILE, COST_MODEL_FILE, STUDENT_FILE
 from agent.predict.prompt import ConfigCodec, HardwareDesc, KernelDesc, hardware_desc, kernel_desc, prompt_tokens

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.bench.measure import TIE_RATIO
-from agent.errors import EdgetuneError
+from agent.errors import EdgetuneError, ModelFileError
 from agent.kernels.space import Config, Space, config_key
-from agent.predict.errors import ModelFileError
 
 if TYPE_CHECKING:
     from agent.predict.predictor import Prediction, Predictor
