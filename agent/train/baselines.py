@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.interchange.kerneltuner import write_kernel_tuner
 from agent.predict.cost_features import config_features
 from agent.search.opentuner_search import opentuner_parameter
 from agent.train.cases import Case
@@ -434,23 +435,28 @@ def opentuner_order(case: Case, budget: int, seed: int) -> list[int]:
 
 def kernel_tuner_cache(case: Case) -> tuple[dict[str, Any], dict[tuple, int]]:
     """The case as a Kernel Tuner cache (times in ms, failures as ``RuntimeFailedConfig``),
-    and the row of each cache configuration (a tuple of declared values, in ``params`` order)."""
+    and the row of each cache configuration (a tuple of declared values, in ``params`` order).
+
+    Written by the exporter's :func:`~agent.interchange.kerneltuner.write_kernel_tuner`; a
+    configuration that occurs twice keeps its first row."""
     keys = [p["name"] for p in case.params]
     declared = [{_hashable(v): v for v in p["values"]} for p in case.params]
-    cache: dict[str, Any] = {}
+    runs: list[dict[str, Any]] = []
     rows: dict[tuple, int] = {}
+    seen: set[str] = set()  # the cache's keys
     for i, (config, t) in enumerate(zip(case.configs, case.times, strict=True)):
         values = tuple(d.get(_hashable(config[k]), config[k]) for k, d in zip(keys, declared, strict=True))
         key = ",".join(str(v) for v in values)
-        if key in cache:
+        if key in seen:
             continue
-        entry: dict[str, Any] = dict(zip(keys, values, strict=True))
-        entry["time"] = float(t) * 1e3 if math.isfinite(t) else "RuntimeFailedConfig"
-        cache[key] = entry
+        seen.add(key)
         rows[tuple(_hashable(v) for v in values)] = i
-    data = {"device_name": case.device_name, "kernel_name": case.kernel,
-            "problem_size": [int(v) for v in case.shape.values()] or [1], "tune_params_keys": keys,
-            "tune_params": {p["name"]: list(p["values"]) for p in case.params}, "objective": "time", "cache": cache}
+        finite = math.isfinite(t)
+        runs.append({"config": dict(zip(keys, values, strict=True)), "status": "correct" if finite else "runtime",
+                     "median_s": float(t) if finite else None})
+    shape = {k: int(v) for k, v in case.shape.items()} or {"size": 1}
+    data = write_kernel_tuner(runs, device_name=case.device_name, kernel_name=case.kernel, shape=shape,
+                              params=case.params)
     return data, rows
 
 
