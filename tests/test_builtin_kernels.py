@@ -11,7 +11,7 @@ from agent.kernels.space import Space
 from agent.kernels.workloads import find_workload, list_workloads
 from agent.tuner import Budget, TuneOptions, tune
 
-from .test_tuner import QUICK
+from .helpers import QUICK
 
 BUILTIN = sorted(kernel_dirs())
 
@@ -32,6 +32,7 @@ def test_space_is_large_enough_and_never_wider_than_the_target(name):
     assert narrow.is_valid(narrow.default())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUILTIN)
 def test_default_and_random_configurations_match_the_reference(name, store, profile, any_width_toolchain,
                                                                cache_dir):

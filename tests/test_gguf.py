@@ -97,6 +97,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(x)).astype(float)
 
 
+@pytest.mark.slow
 def test_q4_ranks_like_f32(files: dict[str, Path], case) -> None:
     prompt, allowed, configs = case
     with LocalModel(files["plain_f32"], n_threads=1) as lm:

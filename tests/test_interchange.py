@@ -65,6 +65,7 @@ def test_malformed_files_are_refused_whole_and_the_rest_of_the_batch_imports(tmp
     assert len(json.loads(again.stdout)) == 40  # the bad files stored nothing
 
 
+@pytest.mark.slow
 def test_t4_export_imports_back_into_another_store_unchanged(tmp_path, cli_env, cache_dir):
     tuned = run_cli("tune", "gemm", "--shape", "M=16,N=16,K=16", "--strategy", "random", "--budget", "6",
                     "--json", env=cli_env)

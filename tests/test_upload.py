@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from agent.store import RunRecord, Store
+from harness.fleet_server import FleetServer, Proxy, child_env, register_device
 from tests.conftest import FLEET_BACKENDS, ROOT, run_cli
-from tests.fleet_server import FleetServer, Proxy, child_env, register_device
+
+pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
 
 FINGERPRINT = "fp-upload-test"
 
