@@ -29,7 +29,7 @@ KERNEL, SHAPE = "layernorm", "R=64,C=256"
 
 
 @pytest.fixture(scope="module")
-def unsuremodel_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unsure_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Never confident: every tuning asks the cloud when one is configured."""
     return model_folder(tmp_path_factory.mktemp("unsure"), threshold=1.0)
 

@@ -18,7 +18,8 @@ from rich.table import Table
 
 from agent.errors import EdgetuneError
 
-__all__ = ["emit", "human", "print_case", "print_pull", "print_tune_result", "progress", "seconds", "write_text"]
+__all__ = ["emit", "human", "print_case", "print_hook_result", "print_pull", "print_status", "print_tune_result",
+           "progress", "seconds", "size", "write_text"]
 
 
 def emit(rows: list[dict[str, Any]], as_json: bool, *, title: str,
@@ -151,6 +152,66 @@ def print_pull(url: str, out_dir: Path, manifest: Mapping[str, Any], *, as_json:
         return
     click.echo(f"{out_dir}: {counts['records']} records, {counts['cases']} cases, "
                f"{len(manifest['devices'])} devices from {url}", err=err)
+
+
+def print_hook_result(result: Any) -> None:
+    """What ``hook post-update`` found and did, one line per finding, then the totals."""
+    report = result.report
+    for finding in report["stale"]:
+        click.echo(f"stale: {finding['kernel']} {finding['shape']} ({finding['target']}): {finding['reason']}")
+    for finding in report["missing"]:
+        click.echo(f"missing: {finding['kernel']} {finding['shape']}: {finding['reason']}")
+    for problem in report["problems"]:
+        click.echo(f"skipped: {problem}")
+    for entry in result.tuned:
+        speedup = f"{entry['speedup']:.2f}x" if entry["speedup"] else "no speed-up"
+        click.echo(f"tuned: {entry['kernel']} {entry['shape']} ({entry['target']}): {speedup}")
+    for entry in result.failed:
+        click.echo(f"failed: {entry['kernel']} {entry['shape']} ({entry['target']}): {entry['error']}")
+    click.echo(f"{report['fresh']} result(s) up to date, {len(report['stale'])} stale, "
+               f"{len(report['missing'])} missing; {report['queued']} newly queued, "
+               f"{result.left} waiting "
+               f"({result.seconds:.1f} s)")
+
+
+def print_status(data: dict[str, Any]) -> None:
+    """``edgetune status`` for people: one aligned line per fact, then the preset's layers and the queue."""
+    daemon, device, upload = data["daemon"], data["device"], data["last_upload"]
+    lines = [("store", data["store"] + ("" if data["store_exists"] else " (none yet: the daemon has not run)"))]
+    if device:
+        lines.append(("hardware", f"{device['fingerprint']} (checked {device['checked_at']})"))
+    if daemon:
+        running = "running" if daemon.get("running") else "not running"
+        detail = f": {daemon['detail']}" if daemon.get("detail") else ""
+        lines.append(("daemon", f"{running}, {daemon['state']}{detail} (since {daemon['since']}, pid {daemon['pid']})"))
+    else:
+        lines.append(("daemon", "has not run"))
+    layers = data["layers"]
+    if data["preset"]:
+        tuned = sum(1 for layer in layers if layer["state"] == "tuned")
+        lines.append(("preset", f"{data['preset']}: {tuned} of {len(layers)} layers tuned"))
+    results = data["results"]
+    lines.append(("results", f"{results['tuned']} up to date, {results['stale']} stale"))
+    queued = [q for q in data["queue"] if q["state"] == "queued"]
+    running = [q for q in data["queue"] if q["state"] == "running"]
+    lines.append(("queue", f"{len(queued)} queued, {len(running)} running"))
+    model = data["model"]
+    lines.append(("model", f"{model['version'] or 'none'} ({model['dir']})"))
+    if upload:
+        outcome = (f"{upload.get('sent', 0)} sent, {upload.get('accepted', 0)} accepted" if upload.get("ok")
+                   else f"failed: {upload.get('error')}")
+        lines.append(("last upload", f"{upload['at']}: {outcome}"))
+    else:
+        lines.append(("last upload", "never" + ("" if data["fleet"] else " (no fleet configured)")))
+    lines.append(("outbox", f"{data['outbox']} record(s) waiting, {data['dead_letter']} refused"))
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
+        click.echo(f"{name:<{width}}  {value}")
+    if layers:
+        emit([{"layer": layer["label"], "kernel": layer["kernel"], "shape": layer["shape"], "state": layer["state"],
+                "speedup": layer["speedup"]} for layer in layers], False, title=f"Preset {data['preset']}")
+    if data["queue"]:
+        emit(data["queue"], False, title="Queue", columns=["id", "kernel", "shape", "target", "state", "reason"])
 
 
 def write_text(output: Path | None, text: str) -> None:

@@ -71,9 +71,6 @@ class Prediction:
     seconds: float
     prompt: tuple[str, ...]  # the prompt's tokens (what the cloud is sent)
 
-    def top(self, k: int) -> list[Config]:
-        return [c.config for c in self.candidates[:k]]
-
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": [{"config": c.config, "logp": c.logp, "rank": c.rank, "source": c.source}
                                for c in self.candidates],
@@ -106,7 +103,6 @@ class Predictor:
         self.warnings: list[str] = []
         self._cache_dir = cache_dir
         self._compiler = compiler
-        started = time.perf_counter()
         self.model = LocalModel(self.model_dir / STUDENT_FILE, n_threads=threads)
         self.calibration: Calibration | None = None
         try:
@@ -120,7 +116,6 @@ class Predictor:
             self.warnings.append(f"{exc}; ranking by the student alone")
         except ImportError:
             self.warnings.append("onnxruntime is not installed; ranking by the student alone")
-        self.load_seconds = time.perf_counter() - started
         self._problems: dict[tuple, _Problem] = {}
 
     def close(self) -> None:
