@@ -100,7 +100,7 @@ def import_(obj: Context, paths: tuple[Path, ...], fmt: str, device: str | None,
     A directory that is not a dataset stands for every .json/.json.gz file under it. A
     file that cannot be read is reported on one line and changes nothing; the rest go on.
     """
-    from agent.interchange import ImportFileError, expand_paths, import_path
+    from agent.interchange import import_paths
 
     parsed_shape = None
     if shape:
@@ -108,22 +108,12 @@ def import_(obj: Context, paths: tuple[Path, ...], fmt: str, device: str | None,
             parsed_shape = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in shape.split(","))}
         except ValueError:
             raise ConfigError(f"--shape {shape!r}: expected NAME=VALUE pairs with integer values") from None
-    rows, errors = [], []
-    files = expand_paths(list(paths))
     with obj.open_store() as store:
-        for path in files:
-            root = path.parent.parent if path.is_file() else path
-            try:
-                outcomes = import_path(store, path, fmt=fmt, device=device, kernel=kernel, shape=parsed_shape,
-                                       origin_root=root, replace_existing=replace_existing)
-            except ImportFileError as exc:
-                if len(files) == 1:
-                    raise
-                errors.append(str(exc))
-                click.echo(f"edgetune: error: {exc}", err=True)
-                continue
-            rows.extend({"path": str(o.path), "kernel": o.kernel, "device": o.device, "state": o.state,
-                         "runs": o.runs} for o in outcomes)
+        outcomes, errors = import_paths(store, paths, fmt=fmt, device=device, kernel=kernel, shape=parsed_shape,
+                                        replace_existing=replace_existing,
+                                        on_error=lambda exc: click.echo(f"edgetune: error: {exc}", err=True))
+    rows = [{"path": str(o.path), "kernel": o.kernel, "device": o.device, "state": o.state, "runs": o.runs}
+            for o in outcomes]
     emit(rows, as_json, title="Imported")
     if errors:
         raise EdgetuneError(f"{len(errors)} of {len(errors) + len(rows)} file(s) not imported (see above)")

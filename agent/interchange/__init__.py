@@ -8,7 +8,7 @@ one session: a bad file changes nothing, and the files after it still import.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from agent.interchange.kerneltuner import load_json_file, looks_like_kernel_tune
 from agent.interchange.t4 import looks_like_t4, read_t4
 from agent.store import Store
 
-__all__ = ["ImportFileError", "ImportOutcome", "expand_paths", "import_path", "read_batches"]
+__all__ = ["ImportFileError", "ImportOutcome", "expand_paths", "import_path", "import_paths", "read_batches"]
 
 FORMATS = ("auto", "kernel-tuner", "t4", "dataset")
 
@@ -71,6 +71,31 @@ def import_path(store: Store, path: Path, *, replace_existing: bool = False, **o
                                       device=str(batch.device_profile.get("name", batch.device)),
                                       state=state, runs=count))
     return outcomes
+
+
+def import_paths(store: Store, paths: Sequence[Path], *, fmt: str = "auto", device: str | None = None,
+                 kernel: str | None = None, shape: Mapping[str, int] | None = None, replace_existing: bool = False,
+                 on_error: Callable[[ImportFileError], None] | None = None) -> tuple[list[ImportOutcome], list[str]]:
+    """Import every file ``paths`` stand for (see :func:`expand_paths`): (outcomes, errors).
+
+    A file that cannot be imported changes nothing and the rest go on (``on_error`` is told
+    of it); when the paths stand for one file only, its error is raised instead.
+    """
+    outcomes: list[ImportOutcome] = []
+    errors: list[str] = []
+    files = expand_paths(list(paths))
+    for path in files:
+        root = path.parent.parent if path.is_file() else path
+        try:
+            outcomes.extend(import_path(store, path, fmt=fmt, device=device, kernel=kernel, shape=shape,
+                                        origin_root=root, replace_existing=replace_existing))
+        except ImportFileError as exc:
+            if len(files) == 1:
+                raise
+            errors.append(str(exc))
+            if on_error is not None:
+                on_error(exc)
+    return outcomes, errors
 
 
 def _dataset_batches(path: Path) -> list[ImportBatch]:
