@@ -141,6 +141,7 @@ def test_a_dataset_folder_is_checked_before_it_is_read(tmp_path, store):
         read_dataset(tmp_path / "ds")
 
 
+@pytest.mark.slow  # imports every public GPU cache (15 s)
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the public GPU files live beside the repository")
 def test_every_public_gpu_file_imports(store):
     files = sorted(SHARED.rglob("*.json.gz"))
