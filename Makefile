@@ -30,7 +30,7 @@ eval: $(VENV)/.installed-dev
 	$(BIN)/edgetune eval --jobs 2
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check agent tests benchmarks
+	$(BIN)/ruff check agent tests benchmarks harness
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)

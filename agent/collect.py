@@ -19,21 +19,25 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from agent.backends import Backend, detect_backend
 from agent.bench.measure import MeasureSettings
 from agent.budget import COLLECT
+from agent.errors import ConfigError
 from agent.evaluator import CandidateResult, EvaluationContext, Evaluator
 from agent.hardware import HardwareProfile
+from agent.hardware.targets import available_targets
 from agent.kernels.problem import Problem
 from agent.kernels.space import Space, config_key
+from agent.settings import CANDIDATE_TIMEOUT_S
 from agent.store import Store
 
-__all__ = ["COLLECT_MEASURE", "Case", "CaseResult", "CollectOptions", "case_configs", "case_space", "collect_case",
-           "detect_backends", "plan_cases"]
+__all__ = ["COLLECT_MEASURE", "Case", "CaseResult", "CollectOptions", "CollectReport", "Sweep", "case_configs",
+           "case_space", "collect", "collect_case", "detect_backends", "dry_run", "plan_cases", "plan_sweep"]
 
 COLLECT_MEASURE = COLLECT.measure  # shorter than a tuning run's protocol (see agent.budget)
 
@@ -65,7 +69,7 @@ class CollectOptions:
     seed: int = 0
     remeasure: bool = False
     cache: str = "auto"
-    timeout_s: float = 10.0
+    timeout_s: float = CANDIDATE_TIMEOUT_S
     batch_size: int = COLLECT.batch_size  # measured interleaved together; an interruption loses at most one batch
     measure: MeasureSettings = field(default_factory=lambda: COLLECT_MEASURE)
 
@@ -88,6 +92,124 @@ class CaseResult:
     @property
     def speedup(self) -> float | None:
         return self.default_s / self.best_s if self.best_s and self.default_s else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernel": self.case.problem.spec.name, "shape": self.case.problem.key,
+                "target": self.case.target, "cores": self.case.cores, "state": self.state,
+                "space": self.space_size, "planned": self.planned, "measured_now": self.measured_now,
+                "valid": self.valid, "best_s": self.best_s, "default_s": self.default_s,
+                "speedup": self.speedup, "wall_s": round(self.wall_s, 2), "tuning_id": self.tuning_id}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A planned sweep: its cases, and the machine and backends (per backend name and target) that measure them."""
+
+    profile: HardwareProfile
+    cases: tuple[Case, ...]
+    backends: Mapping[tuple[str, str], Backend]
+    targets: tuple[str, ...]
+    cores: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CollectReport:
+    """What one ``collect`` run did, and the dataset it exported (if any)."""
+
+    results: tuple[CaseResult, ...]
+    wall_s: float
+    export_dir: str | None = None
+    manifest: Mapping[str, Any] | None = None
+
+    @property
+    def failures(self) -> list[CaseResult]:
+        """The cases without a single valid configuration."""
+        return [r for r in self.results if r.valid == 0]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "cases": len(self.results), "measured_now": sum(r.measured_now for r in self.results),
+            "skipped": sum(r.state == "skipped" for r in self.results), "wall_s": round(self.wall_s, 1),
+            "without_valid_config": [r.case.label for r in self.failures],
+            "dataset": str(self.export_dir) if self.export_dir else None,
+            "records": self.manifest["counts"]["records"] if self.manifest else None,
+        }
+
+
+def plan_sweep(*, kernel_names: Sequence[str] = (), preset: str | None = None, shapes: str | None = None,
+               targets: Sequence[str] = (), cores: Sequence[int] = (1, 2), configs_per_case: int = 200,
+               compiler: str = "cc") -> Sweep:
+    """The cases of a sweep: a preset's layers, or kernels (default: every built-in) at ``shapes``
+    (``;``-separated; default: every named shape but 'small'), x targets (default: every -march
+    level this CPU runs, and native) x core counts; probes the machine and finds the compilers."""
+    from agent import hardware
+    from agent.kernels.problem import parse_shape
+    from agent.kernels.registry import find_kernel, kernel_dirs
+    from agent.kernels.workloads import find_workload
+
+    core_counts = tuple(sorted(set(cores)))
+    cores_text = ",".join(str(n) for n in cores)
+    if not core_counts or min(core_counts) < 1:
+        raise ConfigError(f"--cores {cores_text!r}: core counts must be positive")
+    if configs_per_case < 1:
+        raise ConfigError(f"--configs {configs_per_case}: must be at least 1")
+    if preset and (kernel_names or shapes):
+        raise ConfigError("--preset already names kernels and shapes; drop --kernel/--shapes")
+    problems = []
+    if preset:
+        problems = [problem for _, problem in find_workload(preset).problems()]
+    else:
+        for name in kernel_names or tuple(sorted(kernel_dirs())):
+            spec = find_kernel(name)
+            wanted = [s.strip() for s in shapes.split(";") if s.strip()] if shapes else \
+                [s for s in spec.shapes if s != "small"]
+            problems.extend(parse_shape(spec, s) for s in wanted)
+    profile = hardware.probe(measure_bandwidth=False, compiler=compiler)
+    chosen_targets = tuple(targets) or tuple(available_targets(profile))
+    if any(n > profile.logical_cores for n in core_counts):
+        raise ConfigError(f"--cores {cores_text}: this machine has {profile.logical_cores} hardware threads")
+    cases = tuple(plan_cases(problems, chosen_targets, core_counts))
+    return Sweep(profile=profile, cases=cases, backends=detect_backends(cases, compiler=compiler,
+                                                                        device=profile.fingerprint()),
+                 targets=chosen_targets, cores=core_counts)
+
+
+def dry_run(sweep: Sweep, *, configs_per_case: int, seed: int) -> list[dict[str, Any]]:
+    """One row per case of ``sweep``: its space and how many configurations it would measure."""
+    rows = []
+    for case in sweep.cases:
+        planned, size = case_configs(case_space(case, sweep.profile, sweep.backends[case.backend_key]),
+                                     configs_per_case, seed)
+        rows.append({"kernel": case.problem.spec.name, "shape": case.problem.key, "target": case.target,
+                     "cores": case.cores, "space": size, "planned": len(planned)})
+    return rows
+
+
+def collect(store: Store, *, sweep: Sweep, cache_dir: Path, options: CollectOptions = CollectOptions(),
+            export_dir: str | None = None, dataset_name: str | None = None, commands: Sequence[str] = (),
+            on_case: Callable[[int, int, CaseResult], None] | None = None) -> CollectReport:
+    """Measure what is missing of every case of ``sweep`` (``on_case(index, total, result)`` after
+    each), then, with ``export_dir``, write the collected data there as a dataset folder."""
+    from agent.dataset import export_dataset
+
+    results = []
+    started = time.monotonic()
+    for index, case in enumerate(sweep.cases, start=1):
+        result = collect_case(case, profile=sweep.profile, store=store, backend=sweep.backends[case.backend_key],
+                              cache_dir=cache_dir, options=options)
+        results.append(result)
+        if on_case is not None:
+            on_case(index, len(sweep.cases), result)
+    wall_s = time.monotonic() - started
+    manifest = None
+    if export_dir:
+        manifest = export_dataset(
+            store, export_dir, name=dataset_name or Path(export_dir).name,
+            commands=list(commands), strategy="collect", origin="measured",
+            kernels=sorted({c.problem.spec.name for c in sweep.cases}),
+            notes={"collect_wall_s_last_run": round(wall_s, 1), "targets": list(sweep.targets),
+                   "cores": list(sweep.cores), "configs_per_case": options.configs_per_case, "seed": options.seed})
+    return CollectReport(results=tuple(results), wall_s=wall_s, export_dir=export_dir, manifest=manifest)
 
 
 def case_space(case: Case, profile: HardwareProfile, backend: Backend) -> Space:
@@ -151,7 +273,8 @@ def collect_case(case: Case, *, profile: HardwareProfile, store: Store, backend:
                         space_size)
     if existing is None:
         tuning_id = store.start_tuning(device=device, kernel_key=spec.key, kernel=spec.name, shape=problem.key,
-                                       target=case.target, backend=backend.name, compiler=backend.version, strategy="collect",
+                                       target=case.target, backend=backend.name, compiler=backend.version,
+                                       strategy="collect",
                                        budget=str(options.configs_per_case), seed=options.seed,
                                        cores=case.cores)
         state, done = "measured", set()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import EdgetuneError
+from agent.errors import DatasetError
 from agent.store import INVALIDITY, Store, utc_now
 
 __all__ = ["DATASET_FORMAT", "DATASET_VERSION", "Dataset", "DatasetError", "export_dataset", "parse_shape_key",
@@ -44,8 +44,6 @@ _RECORD_KEYS = {"case", "device", "kernel", "kernel_key", "shape", "target", "co
                 "time_s", "origin"}
 
 
-class DatasetError(EdgetuneError):
-    """A dataset folder that is missing, of an unknown version, or damaged."""
 
 
 @dataclass(frozen=True)

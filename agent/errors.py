@@ -15,18 +15,34 @@ boundary where they happen, with ``raise XError(msg) from exc``::
     ├── StoreError           the SQLite store cannot be opened or written
     │   └── StoreBusy        another process holds the store's lock past the timeout
     ├── FleetError           the fleet service or its database refused, or cannot be reached
-    └── WorkerError          the benchmark worker could not be started
+    │   └── IdempotencyConflict  an Idempotency-Key was used before with a different batch
+    ├── WorkerError          the benchmark worker could not be started
+    ├── DatasetError         a dataset folder is missing, of an unknown version, or damaged
+    ├── ImportFileError      a file cannot be imported (Kernel Tuner cache, T4 file, dataset)
+    ├── ModelFileError       a model file is missing, not a GGUF, truncated, or of another vocabulary
+    ├── CloudError           the cloud ranking settings are invalid
+    ├── RankProtocolError    a rank request or answer breaks the wire format
+    ├── RankBusy             no ranking answer in time (503, retry after ``retry_after`` s)
+    └── PullError            the fleet cannot be read (unreachable, refused token, bad answer)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CloudError",
     "ConfigError",
+    "DatasetError",
     "EdgetuneError",
     "ExpressionError",
     "FleetError",
+    "IdempotencyConflict",
+    "ImportFileError",
     "KernelNotFound",
+    "ModelFileError",
     "ProbeError",
+    "PullError",
+    "RankBusy",
+    "RankProtocolError",
     "ShapeError",
     "SpecError",
     "StoreBusy",
@@ -81,5 +97,41 @@ class FleetError(EdgetuneError):
     """The fleet service or its database refused a request, or cannot be reached."""
 
 
+class IdempotencyConflict(FleetError):
+    """An Idempotency-Key was used before with a different batch."""
+
+
 class WorkerError(EdgetuneError):
     """The isolated benchmark worker could not be started or speaks nonsense."""
+
+
+class DatasetError(EdgetuneError):
+    """A dataset folder that is missing, of an unknown version, or damaged."""
+
+
+class ImportFileError(EdgetuneError):
+    """A file that cannot be imported into the store (a Kernel Tuner cache, a T4 file, a dataset)."""
+
+
+class ModelFileError(EdgetuneError):
+    """A model file is missing, not a GGUF, truncated, for another vocabulary, or cannot be quantized."""
+
+
+class CloudError(EdgetuneError):
+    """Cloud settings are invalid (raised when they are made; an ask never raises)."""
+
+
+class RankProtocolError(EdgetuneError):
+    """A rank request or answer breaks the wire format, or speaks another vocabulary."""
+
+
+class RankBusy(EdgetuneError):
+    """No answer in time, or no ranking model to answer with: 503, try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
+class PullError(EdgetuneError):
+    """The fleet could not be read: unreachable, a refused token, or an answer that is not what it should be."""

@@ -15,7 +15,10 @@
 | ``EDGETUNE_FLEET_URL``   | fleet service ``edgetune upload`` sends to | ``[fleet] url`` of the config file |
 | ``EDGETUNE_FLEET_TOKEN`` | this device's fleet token               | ``[fleet] token`` of the config file |
 | ``EDGETUNE_CONFIG``      | the TOML config file                    | ``/etc/edgetune/config.toml``      |
-| ``EDGETUNE_FLEET_OPERATOR_TOKEN`` | the operator token ``fleet serve`` requires | none          |
+| ``EDGETUNE_FLEET_OPERATOR_TOKEN`` | the operator token ``fleet serve`` requires, and ``fleet pull`` sends | none |
+| ``EDGETUNE_FLEET_UPSTREAM_TOKEN`` | bearer token for ``fleet serve --rank-upstream`` | none           |
+
+Defaults shared by several commands are defined here once (``CANDIDATE_TIMEOUT_S``, ``RANK_DEADLINE_S``).
 """
 
 from __future__ import annotations
@@ -27,15 +30,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ConfigError
+from agent.resources import shipped_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEFAULT_CONFIG", "FleetSettings", "Settings", "config_path", "config_section"]
+__all__ = ["CANDIDATE_TIMEOUT_S", "DEFAULT_CONFIG", "OPERATOR_TOKEN_ENV", "RANK_DEADLINE_S", "UPSTREAM_TOKEN_ENV",
+           "FleetSettings", "Settings", "config_path", "config_section", "default_models_dir"]
 
 DEFAULT_CONFIG = Path("/etc/edgetune/config.toml")
+OPERATOR_TOKEN_ENV = "EDGETUNE_FLEET_OPERATOR_TOKEN"
+UPSTREAM_TOKEN_ENV = "EDGETUNE_FLEET_UPSTREAM_TOKEN"
+CANDIDATE_TIMEOUT_S = 10.0  # seconds one run of a candidate may take before it is killed
+RANK_DEADLINE_S = 10.0  # seconds the fleet's /v1/rank may take before it answers 503
+
+
+def default_models_dir() -> Path:
+    """The shipped ``models/`` folder (a checkout's or the venv's): the models folder when nothing names one."""
+    return shipped_dir("models")
 
 
 @dataclass(frozen=True)
@@ -43,11 +57,13 @@ class Settings:
     db_path: Path
     cache_dir: Path
     compiler: str
-    models_dir: Path | None = None
+    models_dir: Path = field(default_factory=default_models_dir)
     cloud_url: str | None = None
     cloud_kind: str = "fleet"
     cloud_token: str | None = field(default=None, repr=False)
     cloud_model: str | None = None
+    fleet_operator_token: str | None = field(default=None, repr=False)
+    fleet_upstream_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -66,7 +82,7 @@ class Settings:
                     raise ConfigError(f"[paths] of {config}: {key} is not one of db, cache, models "
                                       "with a path as a string")
 
-        def path(variable: str, key: str, default: Path | None) -> Path | None:
+        def path(variable: str, key: str, default: Path) -> Path:
             value = env.get(variable) or paths.get(key)
             return Path(str(value)) if value else default
 
@@ -74,11 +90,13 @@ class Settings:
             db_path=path("EDGETUNE_DB", "db", state / "edgetune" / "edgetune.db"),
             cache_dir=path("EDGETUNE_CACHE", "cache", cache / "edgetune"),
             compiler=env.get("CC") or "cc",
-            models_dir=path("EDGETUNE_MODELS", "models", None),
+            models_dir=path("EDGETUNE_MODELS", "models", default_models_dir()),
             cloud_url=env.get("EDGETUNE_CLOUD_URL") or None,
             cloud_kind=env.get("EDGETUNE_CLOUD_KIND") or "fleet",
             cloud_token=env.get("EDGETUNE_CLOUD_TOKEN") or None,
             cloud_model=env.get("EDGETUNE_CLOUD_MODEL") or None,
+            fleet_operator_token=env.get(OPERATOR_TOKEN_ENV) or None,
+            fleet_upstream_token=env.get(UPSTREAM_TOKEN_ENV) or None,
         )
 
 

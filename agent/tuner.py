@@ -26,6 +26,7 @@ from agent.hardware import HardwareProfile
 from agent.kernels.problem import Problem
 from agent.kernels.space import Space, config_key
 from agent.search import StrategyOptions, StrategyReport, get_strategy
+from agent.settings import CANDIDATE_TIMEOUT_S
 from agent.store import Store
 
 __all__ = ["Budget", "CandidateResult", "Evaluator", "TuneOptions", "TuneResult", "default_budget", "tune"]
@@ -47,7 +48,7 @@ class TuneOptions:
     target: str = "native"
     seed: int = 0
     cache: str = "auto"  # auto: flush caches when the working set fits in the LLC
-    timeout_s: float = 10.0  # per candidate run
+    timeout_s: float = CANDIDATE_TIMEOUT_S  # per candidate run
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     batch_size: int = 8
     jobs: int | None = None  # parallel compiles; None = one per core

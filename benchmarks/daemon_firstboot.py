@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from strategies import table  # noqa: E402  (a sibling script)
 
 from agent.kernels.workloads import find_workload  # noqa: E402
-from tests.daemon_process import DaemonProcess, write_config  # noqa: E402  (the test suite's stand-in for systemd)
+from harness.daemon_process import DaemonProcess, write_config  # noqa: E402  (the shared stand-in for systemd)
 
 MIB = 2**20
 

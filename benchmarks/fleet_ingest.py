@@ -1,6 +1,6 @@
 """Benchmark: the fleet service's ingest throughput and its read latency with a large store.
 
-On each backend (SQLite; PostgreSQL on a throwaway cluster from ``tests/postgres.py``, or the
+On each backend (SQLite; PostgreSQL on a throwaway cluster from ``harness/postgres.py``, or the
 database ``--postgres URL`` names), through the real service (``python -m agent.cli fleet serve``
 as a child process on loopback):
 
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from agent.fleet.protocol import IDEMPOTENCY_HEADER, idempotency_key  # noqa: E402
 from agent.fleet.storage import Device, FleetStore  # noqa: E402
-from tests.fleet_server import FleetServer  # noqa: E402  (the test suite's real-server harness)
+from harness.fleet_server import FleetServer  # noqa: E402  (the shared real-server harness)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from strategies import table  # noqa: E402  (a sibling script, not a package)
@@ -99,7 +99,7 @@ class Backends:
         if self.postgres_url:
             return self.postgres_url  # shared: each run registers its own devices
         if self.cluster is None:
-            from tests.postgres import PostgresCluster
+            from harness.postgres import PostgresCluster
 
             self.cluster = PostgresCluster.start()
         return self.cluster.new_database()

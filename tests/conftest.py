@@ -83,7 +83,7 @@ FLEET_BACKENDS = ("sqlite", "postgresql")
 @pytest.fixture(scope="session")
 def postgres_cluster():
     """A throwaway PostgreSQL server for the session; missing binaries fail the test (CI installs them)."""
-    from tests.postgres import PostgresCluster, PostgresMissing
+    from harness.postgres import PostgresCluster, PostgresMissing
 
     try:
         cluster = PostgresCluster.start()

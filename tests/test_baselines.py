@@ -11,6 +11,7 @@ import pytest
 
 from agent.predict.prompt import HardwareDesc, KernelDesc
 from agent.train import baselines as B
+from agent.train import search_baselines as S
 from agent.train.cases import Case
 
 PARAMS = [
@@ -138,18 +139,18 @@ def test_cost_model_ranks_by_the_learned_parameter() -> None:
 def test_opentuner_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     case = make_case("a", sample=20, seed=4, fail=2)
-    order = B.opentuner_order(case, 12, seed=0)
+    order = S.opentuner_order(case, 12, seed=0)
     check_order(order, case, 12)
-    assert order == B.opentuner_order(case, 12, seed=0)
-    check_order(B.opentuner_order(case, 40, seed=1), case, 40)
+    assert order == S.opentuner_order(case, 12, seed=0)
+    check_order(S.opentuner_order(case, 40, seed=1), case, 40)
     assert list(tmp_path.iterdir()) == []  # no log or database files
 
 
-@pytest.mark.parametrize("strategy", B.KERNEL_TUNER_STRATEGIES)
+@pytest.mark.parametrize("strategy", S.KERNEL_TUNER_STRATEGIES)
 def test_kernel_tuner_order(strategy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     case = make_case("a", sample=20, seed=5, fail=1)
-    order = B.kernel_tuner_order(case, strategy, 8, seed=0)
+    order = S.kernel_tuner_order(case, strategy, 8, seed=0)
     check_order(order, case, 8)
-    assert order == B.kernel_tuner_order(case, strategy, 8, seed=0)
+    assert order == S.kernel_tuner_order(case, strategy, 8, seed=0)
     assert list(tmp_path.iterdir()) == []

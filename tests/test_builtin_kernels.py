@@ -13,7 +13,7 @@ from agent.kernels.workloads import find_workload, list_workloads
 from agent.tuner import Budget, TuneOptions, tune
 
 from .conftest import targets_by_width
-from .test_tuner import QUICK
+from .helpers import QUICK
 
 BUILTIN = sorted(kernel_dirs())
 

@@ -4,7 +4,9 @@ import json
 import re
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 
 from agent.cli import cli
 
@@ -30,6 +32,37 @@ def test_command_help_runs(command):
     assert result.returncode == 0 and "Usage" in result.stdout
 
 
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and subcommand of ``group``, as the words a user types after ``edgetune``."""
+    paths = []
+    for name, command in sorted(group.commands.items()):
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths.extend(_command_paths(command, (*prefix, name)))
+    return paths
+
+
+ALL_COMMANDS = _command_paths(cli)
+
+
+def test_the_command_tree_includes_the_subcommand_groups():
+    assert {("fleet", "serve"), ("fleet", "pull"), ("queue", "add"), ("hook", "post-update")} <= set(ALL_COMMANDS)
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=" ".join)
+def test_every_command_and_subcommand_has_help(path):
+    command: click.Command = cli
+    for word in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[word]
+    assert (command.help or "").strip(), f"edgetune {' '.join(path)} has no help text"
+    assert f"edgetune {' '.join(path)}" in (ROOT / "README.md").read_text(), \
+        f"README does not mention `edgetune {' '.join(path)}`"
+    result = CliRunner().invoke(cli, [*path, "--help"], prog_name="edgetune")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Usage: edgetune {' '.join(path)} ")
+
+
 def test_probe_json(cli_env):
     result = run_cli("probe", "--json", "--no-bandwidth", env=cli_env)
     assert result.returncode == 0, result.stderr
@@ -43,6 +76,7 @@ def test_probe_of_a_shipped_profile(cli_env):
     assert json.loads(result.stdout)["simd_isa"] == "neon"
 
 
+@pytest.mark.slow
 def test_tune_then_list_best_runs_and_kernels(cli_env):
     # Hot caches, as in test_tuner: flushed, REPEAT=1 and 4 are too close for a search test.
     result = run_cli("tune", str(TEST_KERNELS / "spin"), "--strategy", "exhaustive", "--cache", "hot", "--json",
@@ -90,6 +124,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.slow
 def test_bad_input_gets_one_line_and_loses_nothing(cli_env, broken_spec: Path, tmp_path: Path):
     assert run_cli("tune", str(TEST_KERNELS / "spin"), "--budget", "2", env=cli_env).returncode == 0
     before = json.loads(run_cli("runs", "--json", "--limit", "1000", env=cli_env).stdout)

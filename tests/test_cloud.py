@@ -1,4 +1,4 @@
-"""The cloud fallback against a real loopback server (tests/cloud_server.py) backed by the shipped teacher."""
+"""The cloud fallback against a real loopback server (harness/cloud_server.py) backed by the shipped teacher."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from agent.predict.cloud import CloudAnswer, CloudClient, CloudError, CloudSetti
 from agent.predict.local_model import LocalModel
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, rank_with_model, request_for
 from agent.predict.vocab import vocabulary
-from tests.cloud_server import RankCase, Servers, gemm_rank_case, small_rank_request
+from harness.cloud_server import RankCase, Servers, gemm_rank_case, small_rank_request
 from tests.conftest import ROOT
 
 TEACHER = ROOT / "models" / "edgetune-teacher-q8_0.gguf"
@@ -86,6 +86,7 @@ def direct_fleet_scores(teacher: LocalModel, case: RankCase, configs: list[dict[
 # --- the ok path ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fleet_answer_top1_is_the_teachers_best(servers: Servers, case: RankCase, teacher: LocalModel) -> None:
     request = request_for(case.prompt, case.codec, case.configs, 8, kernel="gemm", shape=case.shape)
     assert len(case.configs) > 1000  # the whole valid space, as a device sends it
@@ -101,6 +102,7 @@ def test_fleet_answer_top1_is_the_teachers_best(servers: Servers, case: RankCase
     assert answer.model == "edgetune-teacher-q8_0" and 0 < answer.elapsed_s < 20.0
 
 
+@pytest.mark.slow
 def test_openai_answer_top1_is_the_teachers_best(servers: Servers, case: RankCase, small: RankRequest,
                                                   teacher: LocalModel) -> None:
     client = CloudClient(CloudSettings(servers.shared("ok"), kind="openai", model="teacher", timeout_s=20.0))
@@ -144,6 +146,7 @@ FAILURES = {  # mode -> (what last_error says, requests one ask makes: the retry
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fleet", "openai"])
 @pytest.mark.parametrize("mode", list(FAILURES))
 def test_a_failing_service_gives_none_within_the_budget(servers: Servers, small: RankRequest, mode: str,
@@ -161,6 +164,7 @@ def test_a_failing_service_gives_none_within_the_budget(servers: Servers, small:
         assert requests_seen(url) - before == requests
 
 
+@pytest.mark.slow
 def test_one_500_is_retried(servers: Servers, small: RankRequest) -> None:
     url = servers.start("error500-once")
     client = CloudClient(CloudSettings(url, timeout_s=10.0))
@@ -169,6 +173,7 @@ def test_one_500_is_retried(servers: Servers, small: RankRequest) -> None:
     assert answer.attempts == 2 and requests_seen(url) == 2
 
 
+@pytest.mark.slow
 def test_a_4xx_is_not_retried_and_the_token_is_sent(servers: Servers, small: RankRequest) -> None:
     url = servers.start("ok", token="s3cret")
     anonymous = CloudClient(CloudSettings(url, timeout_s=10.0))
@@ -178,6 +183,7 @@ def test_a_4xx_is_not_retried_and_the_token_is_sent(servers: Servers, small: Ran
     assert signed.ask(small) is not None, signed.last_error
 
 
+@pytest.mark.slow
 def test_outside_configurations_are_dropped(servers: Servers, small: RankRequest) -> None:
     client = CloudClient(CloudSettings(servers.shared("outside"), timeout_s=10.0))
     assert client.ask(small) is None
@@ -187,6 +193,7 @@ def test_outside_configurations_are_dropped(servers: Servers, small: RankRequest
 # --- the circuit breaker ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_breaker_opens_after_three_failures_and_persists(servers: Servers, small: RankRequest,
                                                              tmp_path: Path) -> None:
     url = servers.start("error500")
@@ -208,6 +215,7 @@ def test_the_breaker_opens_after_three_failures_and_persists(servers: Servers, s
     assert elsewhere.ask(small) is not None, elsewhere.last_error
 
 
+@pytest.mark.slow
 def test_after_the_cooldown_one_success_closes_the_breaker(servers: Servers, small: RankRequest,
                                                           tmp_path: Path) -> None:
     url = servers.start("error500-once")
@@ -221,6 +229,7 @@ def test_after_the_cooldown_one_success_closes_the_breaker(servers: Servers, sma
     assert client.breaker_state() == (0, 0.0) and requests_seen(url) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"services": {"x": 1}}', "",
                                      '{"services": {"ENDPOINT": {"failures": "many", "open_until": null}}}'])
 def test_a_corrupt_state_file_reads_as_closed(servers: Servers, small: RankRequest, tmp_path: Path,
@@ -310,6 +319,7 @@ def test_a_bad_answer_field_is_named_in_one_line(small: RankRequest, field: str,
         RankAnswer.from_json("<html>")
 
 
+@pytest.mark.slow
 def test_rank_with_model_refuses_another_vocabulary(small: RankRequest, teacher: LocalModel) -> None:
     data = small.to_json()
     with pytest.raises(RankProtocolError, match="field 'vocab_digest'"):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from agent.collect import Case, CollectOptions, case_configs, collect_case
 from agent.dataset import read_dataset
 from agent.hardware.targets import target_vector_bits
@@ -16,8 +18,9 @@ from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space, config_key
 
 from .conftest import ROOT, TEST_KERNELS, run_cli
-from .test_kill import committed_runs
-from .test_tuner import QUICK
+from .helpers import QUICK, committed_runs
+
+pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
 
 SPIN = str(TEST_KERNELS / "spin")
 DISAGREE = str(TEST_KERNELS / "disagree")

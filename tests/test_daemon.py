@@ -15,8 +15,8 @@ import pytest
 from agent.daemon.politeness import others_cpu_percent
 from agent.hardware.probe import usable_cpus
 from agent.store import Store
+from harness.daemon_process import DaemonProcess, committed_run_ids, write_config, write_preset
 from tests.conftest import run_cli
-from tests.daemon_process import DaemonProcess, committed_run_ids, write_config, write_preset
 
 pytestmark = pytest.mark.slow
 
@@ -192,7 +192,7 @@ def test_a_bad_config_is_one_line_before_anything_starts(tmp_path, daemon_env):
 
 
 def test_the_outbox_goes_to_the_fleet_periodically_and_a_dead_fleet_only_delays_it(tmp_path, daemon_env):
-    from tests.fleet_server import FleetServer, register_device
+    from harness.fleet_server import FleetServer, register_device
 
     fleet = FleetServer(tmp_path / "fleet.db").start()
     try:

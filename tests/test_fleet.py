@@ -18,8 +18,11 @@ from hypothesis import strategies as st
 from agent.errors import FleetError
 from agent.fleet.protocol import MAX_BODY_BYTES, MAX_RECORDS
 from agent.fleet.storage import FleetStore, redact_url
+from harness.fleet_server import OPERATOR_TOKEN, FleetServer, register_device
 from tests.conftest import run_cli
-from tests.fleet_server import OPERATOR_TOKEN, FleetServer, register_device
+from tests.helpers import run_record, tuning_record
+
+pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
 
 
 @pytest.fixture(scope="module")
@@ -28,22 +31,6 @@ def server(fleet_db: str) -> Iterator[FleetServer]:
     fleet = FleetServer(fleet_db).start()
     yield fleet
     fleet.kill()
-
-
-def run_record(key: str, **data: Any) -> dict[str, Any]:
-    fields = {"kernel": "gemm", "kernel_key": "gemm-1", "shape": "M=64,N=64,K=64", "target": "native",
-              "compiler": "cc 12", "strategy": "model", "phase": "search", "config": {"BM": 16, "LOOP": "ijk"},
-              "status": "correct", "reason": "", "median_s": 0.001, "samples": [0.001, 0.0011],
-              "compile_s": 0.2, "source": "local", "predicted_rank": 0, "tuning_id": 1}
-    return {"key": key, "kind": "run", "created_at": "2026-01-02T03:04:05.000+00:00", "data": {**fields, **data}}
-
-
-def tuning_record(key: str, **data: Any) -> dict[str, Any]:
-    fields = {"kernel": "gemm", "shape": "M=64,N=64,K=64", "target": "native", "strategy": "model", "budget": "5",
-              "evaluations": 5, "wall_s": 2.0, "winner_config": {"BM": 16}, "winner_median_s": 0.001,
-              "speedup": 1.5, "predict_s": 0.01, "cloud_s": None, "compile_s": 1.0, "benchmark_s": 0.8,
-              "confidence": 0.9, "cloud": "not configured", "winner_source": "local", "winner_predicted_rank": 0}
-    return {"key": key, "kind": "tuning", "created_at": "2026-01-02T03:04:05Z", "data": {**fields, **data}}
 
 
 def post(server: FleetServer, token: str, records: list[Any], *, key: str | None = None,

@@ -19,9 +19,9 @@ import pytest
 from agent.dataset import read_dataset
 from agent.fleet.pull import PullError, pull_dataset
 from agent.interchange.t4 import read_t4
+from harness.fleet_server import OPERATOR_TOKEN, FleetServer, free_port, register_device
 from tests.conftest import run_cli
-from tests.fleet_server import OPERATOR_TOKEN, FleetServer, free_port, register_device
-from tests.test_fleet import run_record, tuning_record
+from tests.helpers import run_record, tuning_record
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def export(server: FleetServer, fmt: str, **params: str) -> httpx.Response:
         return client.get("/v1/telemetry/export", params={"format": fmt, **params})
 
 
+@pytest.mark.slow
 def test_jsonl_export_is_every_record_of_the_device_in_cursor_order(server):
     name, _, runs = device_with_runs(server)
     answer = export(server, "jsonl", device=name)
@@ -71,6 +72,7 @@ def test_jsonl_export_is_every_record_of_the_device_in_cursor_order(server):
     assert lines == server.all_records(device=name)  # the same records GET /v1/telemetry pages through
 
 
+@pytest.mark.slow
 def test_csv_export_is_one_row_per_run_with_the_config_as_json(server):
     name, _, runs = device_with_runs(server)
     answer = export(server, "csv", device=name)
@@ -84,6 +86,7 @@ def test_csv_export_is_one_row_per_run_with_the_config_as_json(server):
     assert rows[2]["reason"] == 'bad, "x"' and {r["device"] for r in rows} == {name}
 
 
+@pytest.mark.slow
 def test_t4_export_reads_back_with_the_interchange_reader(server, tmp_path):
     name, fingerprint, runs = device_with_runs(server)
     answer = export(server, "t4", device=name, kernel="gemm")
@@ -99,6 +102,7 @@ def test_t4_export_reads_back_with_the_interchange_reader(server, tmp_path):
     assert [r.samples for r in batch.runs] == [(0.002, 0.0021), (0.001,), (), (0.001, 0.0011)]
 
 
+@pytest.mark.slow
 def test_export_filters_and_bad_requests(server):
     name, _, _ = device_with_runs(server)
     assert export(server, "jsonl", device=name, kernel="conv2d").text == ""
@@ -121,6 +125,7 @@ def pull_env(token: str = OPERATOR_TOKEN) -> dict[str, str]:
     return {"EDGETUNE_FLEET_OPERATOR_TOKEN": token}
 
 
+@pytest.mark.slow
 def test_fleet_pull_writes_a_dataset_that_reads_back_with_exact_counts(server, tmp_path):
     name, fingerprint, runs = device_with_runs(server)
     out = tmp_path / "pulled"
@@ -140,6 +145,7 @@ def test_fleet_pull_writes_a_dataset_that_reads_back_with_exact_counts(server, t
     assert [p.name for p in tmp_path.iterdir()] == ["pulled"]  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_train_from_fleet_pull_only_pulls_every_search_run_and_replaces_an_older_dataset(server, tmp_path):
     device_with_runs(server)
     out = tmp_path / "fleet-data"
@@ -154,6 +160,7 @@ def test_train_from_fleet_pull_only_pulls_every_search_run_and_replaces_an_older
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fleet-data"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["bad token", "dead server"])
 def test_a_refused_or_unreachable_fleet_is_one_line_exit_1_and_leaves_nothing(server, tmp_path, problem):
     url = server.url if problem == "bad token" else f"http://127.0.0.1:{free_port()}"
@@ -224,6 +231,7 @@ def test_a_good_fake_page_gives_one_record(tmp_path: Path):
     assert manifest["counts"]["records"] == 1 and read_dataset(tmp_path / "out").records[0]["device"] == "fp"
 
 
+@pytest.mark.slow
 def test_train_from_fleet_trains_a_smoke_model_on_the_pulled_runs(new_fleet_db, tmp_path):
     committed = read_dataset(CPU_DATASET)
     case = next(records for records in committed.cases().values() if records[0]["kernel"] == "gemv"

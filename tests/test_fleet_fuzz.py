@@ -16,11 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from agent.fleet.storage import FleetStore
-from tests.fleet_server import OPERATOR_TOKEN, FleetServer
+from harness.fleet_server import OPERATOR_TOKEN, FleetServer
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
+
+pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
 
 MAX_EXAMPLES = 60
 

@@ -20,10 +20,14 @@ from agent.predict.cloud import CloudClient, CloudSettings, merge_rankings
 from agent.predict.rank_protocol import MAX_CANDIDATES, MAX_PROMPT, RankRequest, candidate_key, request_for
 from agent.search.model_guided import ModelOptions
 from agent.tuner import TuneOptions, tune
-from tests.cloud_server import RankCase, Servers, gemm_rank_case, small_rank_request
+from harness.cloud_server import RankCase, Servers, gemm_rank_case, small_rank_request
+from harness.fleet_server import OPERATOR_TOKEN, FleetServer, register_device
 from tests.conftest import ROOT, run_cli
-from tests.fleet_server import OPERATOR_TOKEN, FleetServer, register_device
-from tests.test_model_strategy import KERNEL, QUICK, SHAPE, _models
+from tests.helpers import QUICK, model_folder
+
+pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
+
+KERNEL, SHAPE = "layernorm", "R=64,C=256"
 
 TEACHER = ROOT / "models" / "edgetune-teacher-q8_0.gguf"
 
@@ -100,7 +104,7 @@ def test_a_model_strategy_tuning_that_is_unsure_asks_the_fleet(fleet, device, st
                                                                 tmp_path):
     name, token = device
     before = rank_requests_of(fleet, name)
-    unsure = _models(tmp_path / "unsure", threshold=1.0)
+    unsure = model_folder(tmp_path / "unsure", threshold=1.0)
     problem = parse_shape(find_kernel(KERNEL), SHAPE)
     cloud = CloudSettings(url=fleet.url, kind="fleet", token=token, timeout_s=10.0)
     result = tune(problem, profile=profile, store=store, backend=backend, cache_dir=cache_dir,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 # llama-cpp-python and torch are installed by `make test`; a missing one fails here, loudly.
-from agent.predict.errors import ModelFileError
+from agent.errors import ModelFileError
 from agent.predict.local_model import LocalModel
 from agent.predict.vocab import vocabulary
 from agent.train.gguf_export import quantize_gguf, write_gguf
@@ -97,6 +97,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(x)).astype(float)
 
 
+@pytest.mark.slow
 def test_q4_ranks_like_f32(files: dict[str, Path], case) -> None:
     prompt, allowed, configs = case
     with LocalModel(files["plain_f32"], n_threads=1) as lm:

@@ -15,8 +15,8 @@ import pytest
 
 from agent.kernels.registry import BUILTIN_DIR
 from agent.store import Store
+from harness.daemon_process import write_config
 from tests.conftest import run_cli
-from tests.daemon_process import write_config
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +121,7 @@ def test_a_new_compiler_invalidates_every_result_and_a_new_model_only_the_predic
 
 
 def test_the_preset_layers_without_results_are_queued_most_important_first(env, tmp_path):
-    from tests.daemon_process import write_preset
+    from harness.daemon_process import write_preset
 
     preset = write_preset(tmp_path / "p.toml", [("gemv", "small", 1.0), ("transpose", "small", 3.0)])
     write_config(Path(env["EDGETUNE_CONFIG"]), preset=str(preset))
@@ -133,7 +133,7 @@ def test_the_preset_layers_without_results_are_queued_most_important_first(env, 
 
 
 def test_a_request_that_cannot_be_tuned_fails_alone_and_a_bad_preset_layer_is_skipped(env, tmp_path):
-    from tests.daemon_process import write_preset
+    from harness.daemon_process import write_preset
 
     preset = write_preset(tmp_path / "p.toml", [("nonesuch", "small", 2.0), ("gemv", "small", 1.0)])
     write_config(Path(env["EDGETUNE_CONFIG"]), preset=str(preset))

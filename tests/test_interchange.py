@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.dataset import DatasetError, read_dataset
-from agent.interchange import ImportError_, import_path, read_batches
+from agent.interchange import ImportFileError, import_path, read_batches
 from agent.interchange.batch import guess_role
 
 from .conftest import run_cli
@@ -65,6 +65,7 @@ def test_malformed_files_are_refused_whole_and_the_rest_of_the_batch_imports(tmp
     assert len(json.loads(again.stdout)) == 40  # the bad files stored nothing
 
 
+@pytest.mark.slow
 def test_t4_export_imports_back_into_another_store_unchanged(tmp_path, cli_env, cache_dir):
     tuned = run_cli("tune", "gemm", "--shape", "M=16,N=16,K=16", "--strategy", "random", "--budget", "6",
                     "--json", env=cli_env)
@@ -96,11 +97,11 @@ def test_t4_without_metadata_needs_kernel_device_and_shape(tmp_path):
     bare.write_text(json.dumps({"schema_version": "1.0.0", "results": [
         {"configuration": {"x": 1}, "invalidity": "correct", "correctness": 1, "times": {},
          "measurements": [{"name": "time", "value": 2.5, "unit": "ms"}]}]}))
-    with pytest.raises(ImportError_, match="--kernel"):
+    with pytest.raises(ImportFileError, match="--kernel"):
         read_batches(bare)
-    with pytest.raises(ImportError_, match="--shape"):
+    with pytest.raises(ImportFileError, match="--shape"):
         read_batches(bare, kernel="k")
-    with pytest.raises(ImportError_, match="--device"):
+    with pytest.raises(ImportFileError, match="--device"):
         read_batches(bare, kernel="k", shape={"N": 4})
     [batch] = read_batches(bare, kernel="k", shape={"N": 4}, device="W6600")
     assert batch.runs[0].time_s == pytest.approx(2.5e-3)
@@ -140,6 +141,7 @@ def test_a_dataset_folder_is_checked_before_it_is_read(tmp_path, store):
         read_dataset(tmp_path / "ds")
 
 
+@pytest.mark.slow  # imports every public GPU cache (15 s)
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the public GPU files live beside the repository")
 def test_every_public_gpu_file_imports(store):
     files = sorted(SHARED.rglob("*.json.gz"))

@@ -2,28 +2,19 @@
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.store import Store
 
 from .conftest import ROOT, run_cli
+from .helpers import committed_runs
 
-
-def committed_runs(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("select count(*) from runs").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
+pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
 
 
 def start_long_tuning(db: Path, cache_dir: Path, stderr: int) -> subprocess.Popen:

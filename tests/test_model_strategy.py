@@ -15,36 +15,24 @@ from pathlib import Path
 import pytest
 
 import agent
-from agent.bench.measure import MeasureSettings
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
 from agent.predict.cloud import CloudSettings
-from agent.predict.confidence import Calibration
 from agent.predict.predictor import COST_MODEL_FILE, STUDENT_FILE, Predictor
 from agent.search.model_guided import ModelOptions
 from agent.tuner import Budget, TuneOptions, tune
-from tests.cloud_server import Servers
+from harness.cloud_server import Servers
 from tests.conftest import ROOT, run_cli
+from tests.helpers import QUICK, model_folder
 
 MODELS = ROOT / "models"
-QUICK = MeasureSettings(min_runs=3, max_runs=20, budget_s=0.02)
 KERNEL, SHAPE = "layernorm", "R=64,C=256"
-
-
-def _models(folder: Path, *, threshold: float) -> Path:
-    """A model folder with the shipped student and cost model and a calibration of the given threshold."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (STUDENT_FILE, COST_MODEL_FILE):
-        (folder / name).symlink_to(MODELS / name)
-    Calibration(intercept=0.0, coefficients=(0.5, 0.5, 1.0), threshold=threshold, use_cost_model=True).save(
-        folder / "confidence.json")
-    return folder
 
 
 @pytest.fixture(scope="module")
 def unsure_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Never confident: every tuning asks the cloud when one is configured."""
-    return _models(tmp_path_factory.mktemp("unsure"), threshold=1.0)
+    return model_folder(tmp_path_factory.mktemp("unsure"), threshold=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +50,7 @@ def run_model(store, profile, backend, cache_dir, models: Path, *, cloud=None, s
                 options=TuneOptions(strategy="model", strategy_options=model, **options))
 
 
+@pytest.mark.slow
 def test_model_strategy_benchmarks_the_default_and_the_top_predictions(store, profile, backend, cache_dir):
     result = run_model(store, profile, backend, cache_dir, MODELS)
     assert result.winner is not None and result.evaluations == 5
@@ -82,6 +71,7 @@ def test_model_strategy_benchmarks_the_default_and_the_top_predictions(store, pr
     assert result.timings["predict_s"] == pytest.approx(tuning["predict_s"])
 
 
+@pytest.mark.slow
 def test_budget_left_over_refines_around_the_winner(store, profile, backend, cache_dir):
     result = run_model(store, profile, backend, cache_dir, MODELS, budget=Budget(evaluations=10))
     assert result.evaluations == 10
@@ -91,6 +81,7 @@ def test_budget_left_over_refines_around_the_winner(store, profile, backend, cac
     assert any(r["phase"] == "final" for r in runs)  # measured in several batches: the finalists are re-measured
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_an_unusable_model_falls_back_to_local_search_with_a_warning(tmp_path, store, profile, backend, cache_dir,
                                                                     damage):
@@ -105,6 +96,7 @@ def test_an_unusable_model_falls_back_to_local_search_with_a_warning(tmp_path, s
     assert store.tunings(limit=1)[0]["note"] == "; ".join(result.notes)
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_fallback_warning_and_exits_zero(tmp_path, cli_env):
     env = {**cli_env, "EDGETUNE_MODELS": str(tmp_path / "nowhere")}
     result = run_cli("tune", KERNEL, "--shape", SHAPE, "--budget", "4", env=env)
@@ -113,6 +105,7 @@ def test_the_cli_prints_the_fallback_warning_and_exits_zero(tmp_path, cli_env):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_cli_tunes_with_the_model_by_default_and_says_where_the_winner_came_from(cli_env):
     result = run_cli("tune", KERNEL, "--shape", SHAPE, env=cli_env)
     assert result.returncode == 0, result.stderr
@@ -124,6 +117,7 @@ def test_the_cli_tunes_with_the_model_by_default_and_says_where_the_winner_came_
     assert sorted(r["predicted_rank"] for r in searched if r["source"] == "local") == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["down", "hang", "error500", "outside", "garbage", "wrong-shape"])
 def test_a_failing_cloud_costs_at_most_its_timeout(store, profile, backend, cache_dir, unsure_models, servers,
                                                    mode, tmp_path):
@@ -141,19 +135,21 @@ def test_a_failing_cloud_costs_at_most_its_timeout(store, profile, backend, cach
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.slow
 def test_a_working_cloud_is_asked_only_when_unsure_and_merged(store, profile, backend, cache_dir, unsure_models,
                                                               servers, tmp_path):
     settings = CloudSettings(url=servers.shared("ok"), timeout_s=5.0)
     result = run_model(store, profile, backend, cache_dir, unsure_models, cloud=settings, state_dir=tmp_path)
     assert result.cloud is not None and result.cloud.startswith("answered"), result.cloud
     assert result.timings["cloud_s"] > 0
-    confident = _models(tmp_path / "sure", threshold=0.0)
+    confident = model_folder(tmp_path / "sure", threshold=0.0)
     before = servers.stats_of(settings.url)
     sure = run_model(store, profile, backend, cache_dir, confident, cloud=settings, state_dir=tmp_path)
     assert sure.cloud is None and sure.timings["cloud_s"] == 0.0
     assert servers.stats_of(settings.url) == before  # a confident prediction never reaches the service
 
 
+@pytest.mark.slow
 def test_best_config_says_where_its_answer_comes_from(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
     db = tmp_path / "state" / "edgetune.db"

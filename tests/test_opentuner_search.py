@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.bench.measure import MeasureSettings
 from agent.errors import ConfigError
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space, config_key
 from agent.search import get_strategy
 from agent.tuner import Budget, CandidateResult, Evaluator, TuneOptions, tune
-
-QUICK = MeasureSettings(min_runs=3, max_runs=20, budget_s=0.02)
+from tests.helpers import QUICK
 
 
 def run_tune(store, profile, backend, cache_dir, *, budget: int, seed: int = 0):
@@ -32,6 +30,7 @@ def searched(store, tuning_id: int) -> list[str]:
             if r["phase"] == "search" and r["status"] != "constraints"]
 
 
+@pytest.mark.slow
 def test_a_real_run_spends_its_budget_and_finds_a_correct_winner(store, profile, backend, cache_dir,
                                                                 tmp_path, monkeypatch):
     workdir = tmp_path / "cwd"

@@ -20,11 +20,10 @@ import httpx
 import pytest
 
 from agent.telemetry.record import PROTOCOL, PROTOCOLS
+from harness.fleet_server import FleetServer, register_device
+from harness.newer_fleet import NEWER_PROTOCOL
 from tests.conftest import FLEET_BACKENDS
-from tests.fleet_server import FleetServer, register_device
-from tests.newer_fleet import NEWER_PROTOCOL
-from tests.test_fleet import run_record
-from tests.test_upload import FINGERPRINT, counts, fill, upload
+from tests.helpers import FINGERPRINT, counts, fill, run_record, upload
 
 NEWER_RUN = f"run:{FINGERPRINT}:next-release:1"
 POWER = f"power:{FINGERPRINT}:next-release:1"

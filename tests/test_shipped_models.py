@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from agent.predict.local_model import LocalModel
 from agent.predict.vocab import vocabulary
@@ -23,6 +24,7 @@ def test_vocab_json_is_this_codes_vocabulary() -> None:
     assert tuple(shipped["tokens"]) == vocab.tokens
 
 
+@pytest.mark.slow
 def test_shipped_models_load_and_rank_better_than_chance() -> None:
     metrics = json.loads((MODELS / "metrics.json").read_text())
     assert metrics["student"]["file_mb"] <= 16  # the on-device budget

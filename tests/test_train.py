@@ -60,6 +60,7 @@ def synthetic_case(simd: int, m: int, *, noise: int = 0) -> Case:
                 kernel_info=kernel, params=PARAMS, configs=configs, times=times)
 
 
+@pytest.mark.slow
 def test_training_learns_a_rule_that_holds_on_unseen_shapes() -> None:
     train = [synthetic_case(simd, m, noise=i) for i, (simd, m) in
              enumerate(itertools.product((128, 512), (128, 512, 2048, 8192)))]
@@ -140,6 +141,7 @@ def test_a_dataset_without_the_kernel_space_is_refused_by_name(tmp_path, real_ca
         load_cases([str(tmp_path / "broken")])
 
 
+@pytest.mark.slow
 def test_a_method_that_fails_on_a_case_is_reported_and_the_rest_go_on() -> None:
     from agent.train.evaluate import EvalOptions, evaluate_fold
     from agent.train.splits import Fold

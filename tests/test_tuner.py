@@ -5,15 +5,13 @@ import statistics
 
 import pytest
 
-from agent.bench.measure import MeasureSettings
 from agent.errors import ConfigError
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
 from agent.tuner import Budget, TuneOptions, tune
 
 from .conftest import TEST_KERNELS
-
-QUICK = MeasureSettings(min_runs=3, max_runs=20, budget_s=0.02)
+from .helpers import QUICK
 
 
 def run_tune(kernel, store, profile, backend, cache_dir, **options):
@@ -23,6 +21,7 @@ def run_tune(kernel, store, profile, backend, cache_dir, **options):
                 options=TuneOptions(**options))
 
 
+@pytest.mark.slow
 def test_crashing_hanging_and_wrong_candidates_are_recorded_and_tuning_carries_on(
         store, profile, backend, cache_dir):
     result = run_tune("faulty", store, profile, backend, cache_dir, strategy="exhaustive",
@@ -43,6 +42,7 @@ def test_crashing_hanging_and_wrong_candidates_are_recorded_and_tuning_carries_o
     assert store.tunings()[0]["state"] == "finished"
 
 
+@pytest.mark.slow
 def test_exhaustive_search_finds_the_true_optimum(store, profile, backend, cache_dir):
     # spin recomputes its output REPEAT times: REPEAT=1 is the optimum by construction. Hot caches:
     # with a flush before each run the cold first pass dominates, REPEAT=1 and 4 differ by only
@@ -58,12 +58,14 @@ def test_exhaustive_search_finds_the_true_optimum(store, profile, backend, cache
     assert len(best) == 1 and json.loads(best[0]["config_json"])["REPEAT"] == 1
 
 
+@pytest.mark.slow
 def test_local_search_walks_from_the_default_to_the_optimum(store, profile, backend, cache_dir):
     result = run_tune("spin", store, profile, backend, cache_dir, strategy="local", budget=Budget(8), cache="hot")
     assert result.evaluations <= 8
     assert result.winner.config["REPEAT"] == 1
 
 
+@pytest.mark.slow
 def test_random_search_spends_exactly_its_budget_and_never_repeats(store, profile, backend, cache_dir):
     result = run_tune("spin", store, profile, backend, cache_dir, strategy="random", budget=Budget(5), seed=7)
     searched = [r for r in store.runs(tuning_id=result.tuning_id) if r["phase"] == "search"]
@@ -71,6 +73,7 @@ def test_random_search_spends_exactly_its_budget_and_never_repeats(store, profil
     assert len({r["config"] for r in searched}) == 5
 
 
+@pytest.mark.slow
 def test_every_stored_time_is_the_median_of_its_kept_samples(store, profile, backend, cache_dir):
     result = run_tune("spin", store, profile, backend, cache_dir, strategy="random", budget=Budget(3))
     for row in store.runs(tuning_id=result.tuning_id, status="correct"):

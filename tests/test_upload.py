@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import signal
@@ -14,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import RunRecord, Store
+from agent.store import Store
+from harness.fleet_server import FleetServer, Proxy, child_env, register_device
 from tests.conftest import FLEET_BACKENDS, ROOT, run_cli
-from tests.fleet_server import FleetServer, Proxy, child_env, register_device
+from tests.helpers import FINGERPRINT, counts, fill, local_keys, upload, upload_env
 
-FINGERPRINT = "fp-upload-test"
-
+pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
 
 @pytest.fixture(scope="module")
 def server(fleet_db: str) -> Iterator[FleetServer]:
@@ -27,51 +26,6 @@ def server(fleet_db: str) -> Iterator[FleetServer]:
     fleet = FleetServer(fleet_db).start()
     yield fleet
     fleet.kill()
-
-
-def fill(path: Path, *, tunings: int = 2, runs: int = 3, device: str = FINGERPRINT, **run_fields) -> None:
-    """Tunings with their runs, through the store's own methods (each puts its records in the outbox)."""
-    with Store.open(path) as store:
-        store.upsert_device(device, {"name": "test-device", "cores": 2})
-        store.upsert_kernel("gemm-1", "gemm", "hash", {"params": []}, "tests")
-        for t in range(tunings):
-            tuning = store.start_tuning(device=device, kernel_key="gemm-1", kernel="gemm", shape=f"M={64 + t}",
-                                        target="native", compiler="cc 12", strategy="model", budget="5", seed=0)
-            run_id = None
-            for i in range(runs):
-                fields = {"config": {"BM": 16 + i}, "samples": (0.001, 0.002), "median_s": 0.0015, **run_fields}
-                run_id = store.add_run(RunRecord(
-                    tuning_id=tuning, device=device, kernel_key="gemm-1", kernel="gemm", shape=f"M={64 + t}",
-                    target="native", compiler="cc 12", flags=("-O3",), strategy="model", status="correct",
-                    **fields))
-            store.finish_tuning(tuning, evaluations=runs, wall_s=1.0 + t, winner_run=run_id,
-                                winner_config={"BM": 16}, winner_median_s=0.0015, default_median_s=0.003,
-                                speedup=2.0, tie=False, details={"cloud": "not configured", "predict_s": 0.01})
-
-
-def local_keys(path: Path) -> set[str]:
-    """The record keys the store's runs and tunings were given."""
-    with Store.open(path) as store:
-        store_id = store.db["store_info"].get("store_id")["value"]
-        runs = {f"run:{r['device']}:{store_id}:{r['id']}" for r in store.db["runs"].rows}
-        tunings = {f"tuning:{t['device']}:{store_id}:{t['id']}" for t in store.db["tunings"].rows}
-    return runs | tunings
-
-
-def counts(path: Path) -> dict[str, int]:
-    with Store.open(path) as store:
-        return {"outbox": store.count("outbox"), "dead_letter": store.count("dead_letter")}
-
-
-def upload_env(db: Path, url: str, token: str) -> dict[str, str]:
-    return {"EDGETUNE_DB": str(db), "EDGETUNE_FLEET_URL": url, "EDGETUNE_FLEET_TOKEN": token,
-            "EDGETUNE_CONFIG": str(db.parent / "absent.toml")}
-
-
-def upload(db: Path, url: str, token: str, *args: str) -> dict[str, int]:
-    done = run_cli("upload", "--json", *args, env=upload_env(db, url, token), timeout=120)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def test_upload_sends_runs_and_tunings_once_and_the_fleet_counts_them_exactly(server, tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import WorkerError
+from agent.settings import CANDIDATE_TIMEOUT_S
 
 __all__ = ["CandidateFailed", "WorkerSession"]
 
@@ -52,7 +53,7 @@ class WorkerSession:
     """A long-lived worker for one problem (spec + shape). Use as a context manager."""
 
     def __init__(self, spec_path: Path, shape: Mapping[str, int], *, seed: int = 0,
-                 flush_bytes: int = 0, timeout_s: float = 10.0,
+                 flush_bytes: int = 0, timeout_s: float = CANDIDATE_TIMEOUT_S,
                  cpus: Sequence[int] | None = None, module: str = "agent.bench.worker") -> None:
         self.setup_request = {"cmd": "setup", "spec": str(spec_path), "shape": dict(shape),
                               "seed": seed, "flush_bytes": flush_bytes}

@@ -56,13 +56,11 @@ def _preset_layers(preset: str | None, rows: list[dict[str, Any]], queue: list[d
     return layers
 
 
-def read_status(settings: Settings) -> dict[str, Any]:
-    """Everything ``edgetune status`` shows, as a JSON-ready dict."""
-    from agent.predict.model_files import default_model_dir, model_version
+def read_status(settings: Settings, *, config: DaemonSettings, fleet: FleetSettings | None) -> dict[str, Any]:
+    """Everything ``edgetune status`` shows, as a JSON-ready dict (``config``: the ``[daemon]`` table)."""
+    from agent.predict.model_files import model_version
 
-    config = DaemonSettings.load()
-    fleet = FleetSettings.from_environ()
-    models = settings.models_dir or default_model_dir()
+    models = settings.models_dir
     status: dict[str, Any] = {
         "store": str(settings.db_path), "store_exists": settings.db_path.is_file(),
         "model": {"dir": str(models), "version": model_version(models)},

@@ -18,17 +18,15 @@ from typing import Any
 import httpx
 
 from agent.dataset import MANIFEST_FILE, parse_shape_key, write_dataset
-from agent.errors import EdgetuneError
+from agent.errors import EdgetuneError, PullError
+from agent.settings import OPERATOR_TOKEN_ENV
 from agent.store import INVALIDITY
 
 __all__ = ["OPERATOR_TOKEN_ENV", "PullError", "pull_dataset"]
 
-OPERATOR_TOKEN_ENV = "EDGETUNE_FLEET_OPERATOR_TOKEN"
 PAGE = 1000
 
 
-class PullError(EdgetuneError):
-    """The fleet could not be read: unreachable, a refused token, or an answer that is not what it should be."""
 
 
 class _Fleet:

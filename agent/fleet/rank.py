@@ -32,26 +32,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.errors import EdgetuneError
-from agent.predict.model_files import TEACHER_FILE, default_model_dir
+from agent.errors import ConfigError, EdgetuneError, RankBusy
+from agent.predict.model_files import TEACHER_FILE
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, candidate_key, rank_with_model
 from agent.predict.vocab import vocabulary
+from agent.settings import RANK_DEADLINE_S
 
 __all__ = ["DEFAULT_DEADLINE_S", "TEACHER_FILE", "RankBusy", "RankService", "Ranker", "TeacherRanker",
-           "UpstreamRanker", "answer_request", "default_teacher", "only_candidates", "screen"]
+           "UpstreamRanker", "answer_request", "default_teacher", "only_candidates", "rank_service", "screen"]
 
-DEFAULT_DEADLINE_S = 10.0
-UPSTREAM_TOKEN_ENV = "EDGETUNE_FLEET_UPSTREAM_TOKEN"
+DEFAULT_DEADLINE_S = RANK_DEADLINE_S
 _KERNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a built-in's name, never a path
 _WHAT = "rank request"
 
 
-class RankBusy(EdgetuneError):
-    """No answer in time, or no ranking model to answer with: 503, try again after ``retry_after`` seconds."""
-
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, int(retry_after))
 
 
 class Ranker(Protocol):
@@ -67,9 +61,23 @@ class Ranker(Protocol):
         """Free what ``warm`` took."""
 
 
-def default_teacher() -> Path:
-    """The teacher in the models folder: ``$EDGETUNE_MODELS``, else the shipped ``models/``."""
-    return default_model_dir() / TEACHER_FILE
+def default_teacher(models_dir: Path) -> Path:
+    """The teacher in the models folder (:attr:`agent.settings.Settings.models_dir`)."""
+    return models_dir / TEACHER_FILE
+
+
+def rank_service(*, models_dir: Path, teacher: Path | None = None, upstream: str | None = None,
+                 upstream_model: str | None = None, upstream_token: str | None = None,
+                 deadline_s: float = DEFAULT_DEADLINE_S) -> RankService:
+    """The service that answers ``/v1/rank``: an OpenAI-compatible ``upstream``, else the ``teacher``
+    (default: the one in ``models_dir``); ConfigError if both are named or the teacher is missing."""
+    if upstream and teacher:
+        raise ConfigError("--teacher and --rank-upstream are exclusive: /v1/rank is answered by one of them")
+    if teacher is not None and not teacher.is_file():
+        raise ConfigError(f"--teacher {teacher}: no such file")
+    ranker: Ranker = (UpstreamRanker(upstream, token=upstream_token, model=upstream_model, timeout_s=deadline_s)
+                      if upstream else TeacherRanker(teacher or default_teacher(models_dir)))
+    return RankService(ranker, deadline_s=deadline_s)
 
 
 def _known_token(name: str, token: str) -> None:

@@ -30,7 +30,7 @@ from urllib.parse import unquote
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from agent.errors import FleetError
+from agent.errors import FleetError, IdempotencyConflict
 from agent.fleet.protocol import ack_summary
 from agent.store import utc_now
 
@@ -146,8 +146,6 @@ class Device:
     name: str
 
 
-class IdempotencyConflict(FleetError):
-    """An Idempotency-Key was used before with a different batch."""
 
 
 class _SQLite:

@@ -21,9 +21,8 @@ import psutil
 
 from agent.errors import ProbeError
 from agent.hardware.profile import ARM_SIMD_FLAGS, ISA_VECTOR_BITS, X86_SIMD_FLAGS, HardwareProfile, widest_isa
-from agent.settings import Settings
 
-__all__ = ["default_cache_dir", "measure_bandwidth_gbs", "probe"]
+__all__ = ["measure_bandwidth_gbs", "probe"]
 
 SYSFS_CPU = Path("/sys/devices/system/cpu")
 PROC_CPUINFO = Path("/proc/cpuinfo")
@@ -60,14 +59,10 @@ X86_VENDORS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD", "HygonGenuine": "
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
 
-def default_cache_dir() -> Path:
-    """The cache directory of the settings (``$EDGETUNE_CACHE``, else ``$XDG_CACHE_HOME/edgetune``)."""
-    return Settings.from_environ().cache_dir
-
-
 def probe(*, measure_bandwidth: bool = True, compiler: str = "cc",
           cache_dir: Path | None = None) -> HardwareProfile:
-    """Describe this machine; ``measure_bandwidth`` adds a triad run (a few hundred ms, needs ``compiler``)."""
+    """Describe this machine; ``measure_bandwidth`` adds a triad run (a few hundred ms, needs ``compiler``),
+    built in ``cache_dir``/probe (a scratch folder when None)."""
     arch = _ARCH_ALIASES.get(platform.machine().lower(), platform.machine().lower() or "unknown")
     cpuinfo = parse_cpuinfo(_read_text(PROC_CPUINFO) or "")
     vendor, model = cpu_identity(cpuinfo)
@@ -89,8 +84,11 @@ def probe(*, measure_bandwidth: bool = True, compiler: str = "cc",
         array_bytes = max(2 * l3, MIN_TRIAD_ARRAY)
         # Three arrays; keep them well inside the free memory of a small device.
         array_bytes = max(min(array_bytes, psutil.virtual_memory().available // 8) // 4096 * 4096, 2**20)
-        bandwidth = measure_bandwidth_gbs(compiler_path, array_bytes,
-                                          (cache_dir or default_cache_dir()) / "probe")
+        if cache_dir is not None:
+            bandwidth = measure_bandwidth_gbs(compiler_path, array_bytes, cache_dir / "probe")
+        else:  # no cache folder given: build the probe program in a scratch folder
+            with tempfile.TemporaryDirectory(prefix="edgetune-probe-") as scratch:
+                bandwidth = measure_bandwidth_gbs(compiler_path, array_bytes, Path(scratch))
 
     return HardwareProfile(
         name=_slug(board or model),

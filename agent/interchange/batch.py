@@ -16,15 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import EdgetuneError
+from agent.errors import ImportFileError
 from agent.kernels.problem import shape_key
 from agent.store import INVALIDITY, RunRecord, Store
 
-__all__ = ["ImportBatch", "ImportError_", "ImportedRun", "finite_number", "guess_role", "store_batch"]
+__all__ = ["ImportBatch", "ImportFileError", "ImportedRun", "finite_number", "guess_role", "store_batch"]
 
 
-class ImportError_(EdgetuneError):
-    """A file that cannot be imported (named so as not to shadow the builtin ImportError)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ def store_batch(store: Store, batch: ImportBatch, *, replace_existing: bool = Fa
     """Write one batch; returns ("imported" | "already imported", runs stored)."""
     for run in batch.runs:
         if run.status not in INVALIDITY:
-            raise ImportError_(f"{batch.origin}: status {run.status!r} is not one of {', '.join(INVALIDITY)}")
+            raise ImportFileError(f"{batch.origin}: status {run.status!r} is not one of {', '.join(INVALIDITY)}")
     shape = shape_key(batch.shape)
     existing = store.find_tuning(device=batch.device, kernel_key=batch.key, shape=shape, target=batch.target,
                                  strategy="import", cores=batch.cores, origin=batch.origin)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.hardware.gpu import gpu_fingerprint, gpu_profile
-from agent.interchange.batch import ImportBatch, ImportedRun, ImportError_, finite_number, guess_role
+from agent.interchange.batch import ImportBatch, ImportedRun, ImportFileError, finite_number, guess_role
 
 __all__ = ["FAILURE_STATUS", "looks_like_kernel_tuner", "read_kernel_tuner", "write_kernel_tuner"]
 
@@ -42,18 +42,18 @@ def load_json_file(path: Path) -> Any:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ImportError_(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ImportFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (EOFError, OSError, zlib.error) as exc:
-            raise ImportError_(f"{path}: truncated or damaged gzip file ({exc})") from None
+            raise ImportFileError(f"{path}: truncated or damaged gzip file ({exc})") from None
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ImportError_(f"{path}: not UTF-8 text") from None
+        raise ImportFileError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise ImportError_(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise ImportFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def looks_like_kernel_tuner(data: Any) -> bool:
@@ -64,25 +64,25 @@ def read_kernel_tuner(path: Path, data: Any, *, device: str | None = None, kerne
                       origin_root: Path | None = None) -> ImportBatch:
     """Turn a loaded cache into a batch; every entry is checked before anything is stored."""
     if not isinstance(data, dict):
-        raise ImportError_(f"{path}: a Kernel Tuner cache is a JSON object")
+        raise ImportFileError(f"{path}: a Kernel Tuner cache is a JSON object")
     missing = [k for k in ("tune_params_keys", "tune_params", "cache") if k not in data]
     if missing:
-        raise ImportError_(f"{path}: not a Kernel Tuner cache, missing key(s) {', '.join(missing)}")
+        raise ImportFileError(f"{path}: not a Kernel Tuner cache, missing key(s) {', '.join(missing)}")
     keys = data["tune_params_keys"]
     declared = data["tune_params"]
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or not isinstance(declared, dict):
-        raise ImportError_(f"{path}: tune_params_keys must be a list of names and tune_params an object")
+        raise ImportFileError(f"{path}: tune_params_keys must be a list of names and tune_params an object")
     if set(keys) != set(declared):
-        raise ImportError_(f"{path}: tune_params_keys and tune_params name different parameters")
+        raise ImportFileError(f"{path}: tune_params_keys and tune_params name different parameters")
     problem_size = data.get("problem_size", [])
     if isinstance(problem_size, int):
         problem_size = [problem_size]
     if not isinstance(problem_size, list) or not all(isinstance(v, int) and v > 0 for v in problem_size) \
             or len(problem_size) > len(_DIMENSION_NAMES):
-        raise ImportError_(f"{path}: problem_size must be a list of up to 4 positive integers")
+        raise ImportFileError(f"{path}: problem_size must be a list of up to 4 positive integers")
     cache = data["cache"]
     if not isinstance(cache, dict) or not cache:
-        raise ImportError_(f"{path}: cache must be a non-empty object of configurations")
+        raise ImportFileError(f"{path}: cache must be a non-empty object of configurations")
     runs = []
     for entry_key, entry in cache.items():
         runs.append(_entry(path, entry_key, entry, keys))
@@ -106,27 +106,27 @@ def read_kernel_tuner(path: Path, data: Any, *, device: str | None = None, kerne
 def _entry(path: Path, entry_key: str, entry: Any, keys: Sequence[str]) -> ImportedRun:
     where = f"{path}: cache entry {entry_key!r}"
     if not isinstance(entry, dict):
-        raise ImportError_(f"{where} is not an object")
+        raise ImportFileError(f"{where} is not an object")
     absent = [k for k in keys if k not in entry]
     if absent:
-        raise ImportError_(f"{where} lacks parameter(s) {', '.join(absent)}")
+        raise ImportFileError(f"{where} lacks parameter(s) {', '.join(absent)}")
     if "time" not in entry:
-        raise ImportError_(f"{where} has no 'time'")
+        raise ImportFileError(f"{where} has no 'time'")
     config = {k: entry[k] for k in keys}
     for name, value in config.items():
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ImportError_(f"{where}: parameter {name} has a {type(value).__name__} value")
+            raise ImportFileError(f"{where}: parameter {name} has a {type(value).__name__} value")
     time_ms = entry["time"]
     compile_ms = entry.get("compile_time")
     compile_s = float(compile_ms) / 1e3 if finite_number(compile_ms) else None
     if isinstance(time_ms, str):
         status = FAILURE_STATUS.get(time_ms)
         if status is None:
-            raise ImportError_(f"{where}: time {time_ms!r} is neither a number nor a known failure "
+            raise ImportFileError(f"{where}: time {time_ms!r} is neither a number nor a known failure "
                                f"({', '.join(FAILURE_STATUS)})")
         return ImportedRun(config=config, status=status, compile_s=compile_s)
     if not finite_number(time_ms) or not time_ms > 0:
-        raise ImportError_(f"{where}: time must be a positive number of milliseconds, got {time_ms!r}")
+        raise ImportFileError(f"{where}: time must be a positive number of milliseconds, got {time_ms!r}")
     times = entry.get("times", [])
     samples = tuple(float(t) / 1e3 for t in times if finite_number(t)) if isinstance(times, list) else ()
     return ImportedRun(config=config, status="correct", time_s=float(time_ms) / 1e3, samples=samples,

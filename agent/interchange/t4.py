@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.hardware.gpu import gpu_fingerprint, gpu_profile
-from agent.interchange.batch import ImportBatch, ImportedRun, ImportError_, finite_number, guess_role
+from agent.interchange.batch import ImportBatch, ImportedRun, ImportFileError, finite_number, guess_role
 from agent.store import INVALIDITY
 
 __all__ = ["SCHEMA_VERSION", "looks_like_t4", "read_t4", "write_t4"]
@@ -58,21 +58,21 @@ def read_t4(path: Path, data: Any, *, device: str | None = None, kernel: str | N
             shape: Mapping[str, int] | None = None) -> ImportBatch:
     """Turn a loaded T4 document into a batch (metadata from the file, or the arguments)."""
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise ImportError_(f"{path}: a T4 file is an object with a 'results' list")
+        raise ImportFileError(f"{path}: a T4 file is an object with a 'results' list")
     version = str(data.get("schema_version", ""))
     if not version.startswith("1."):
-        raise ImportError_(f"{path}: T4 schema_version {version!r}; edgetune reads 1.x")
+        raise ImportFileError(f"{path}: T4 schema_version {version!r}; edgetune reads 1.x")
     meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
     kernel_name = kernel or meta.get("kernel")
     if not kernel_name:
-        raise ImportError_(f"{path}: T4 files do not name their kernel; pass --kernel NAME")
+        raise ImportFileError(f"{path}: T4 files do not name their kernel; pass --kernel NAME")
     raw_shape = shape if shape is not None else meta.get("shape")
     if not isinstance(raw_shape, Mapping) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw_shape.values()):
-        raise ImportError_(f"{path}: T4 files do not give the problem shape; pass --shape NAME=VALUE,...")
+        raise ImportFileError(f"{path}: T4 files do not give the problem shape; pass --shape NAME=VALUE,...")
     runs = [_result(path, index, result) for index, result in enumerate(data["results"])]
     if not runs:
-        raise ImportError_(f"{path}: no results")
+        raise ImportFileError(f"{path}: no results")
     device_meta = meta.get("device") if isinstance(meta.get("device"), dict) else None
     if device_meta and device_meta.get("fingerprint"):
         profile = dict(device_meta.get("profile") or {"name": device_meta.get("name", "")})
@@ -80,7 +80,7 @@ def read_t4(path: Path, data: Any, *, device: str | None = None, kernel: str | N
     else:
         name = device or (device_meta or {}).get("name") or meta.get("device_name")
         if not name:
-            raise ImportError_(f"{path}: T4 files do not name their device; pass --device NAME")
+            raise ImportFileError(f"{path}: T4 files do not name their device; pass --device NAME")
         profile = gpu_profile(str(name))
         fingerprint = gpu_fingerprint(profile)
     if isinstance(meta.get("params"), list):
@@ -100,13 +100,13 @@ def read_t4(path: Path, data: Any, *, device: str | None = None, kernel: str | N
 def _result(path: Path, index: int, result: Any) -> ImportedRun:
     where = f"{path}: results[{index}]"
     if not isinstance(result, dict):
-        raise ImportError_(f"{where} is not an object")
+        raise ImportFileError(f"{where} is not an object")
     config = result.get("configuration")
     if not isinstance(config, dict) or not config:
-        raise ImportError_(f"{where} has no configuration object")
+        raise ImportFileError(f"{where} has no configuration object")
     status = result.get("invalidity", "correct")
     if status not in INVALIDITY:
-        raise ImportError_(f"{where}: invalidity {status!r} is not one of {', '.join(INVALIDITY)}")
+        raise ImportFileError(f"{where}: invalidity {status!r} is not one of {', '.join(INVALIDITY)}")
     times = result.get("times") if isinstance(result.get("times"), dict) else {}
     compile_s = times.get("compilation_time")
     compile_s = float(compile_s) if finite_number(compile_s) else None
@@ -119,11 +119,11 @@ def _result(path: Path, index: int, result: Any) -> ImportedRun:
         if isinstance(measurement, dict) and measurement.get("name") == "time":
             raw, unit = measurement.get("value"), str(measurement.get("unit", "s"))
             if not finite_number(raw) or unit not in _UNIT_SECONDS:
-                raise ImportError_(f"{where}: time measurement must be a number in s, ms, us or ns, "
+                raise ImportFileError(f"{where}: time measurement must be a number in s, ms, us or ns, "
                                    f"got {raw!r} {unit!r}")
             value = float(raw) * _UNIT_SECONDS[unit]
     if value is None and samples:
         value = sorted(samples)[len(samples) // 2]
     if value is None or not value > 0:
-        raise ImportError_(f"{where}: a correct result needs a positive time measurement")
+        raise ImportFileError(f"{where}: a correct result needs a positive time measurement")
     return ImportedRun(config=config, status="correct", time_s=value, samples=samples, compile_s=compile_s)

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from agent.errors import EdgetuneError
+from agent.errors import CloudError
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, candidate_key
 from agent.settings import Settings
 
@@ -49,8 +49,6 @@ _MIN_ATTEMPT_S = 0.05  # a retry needs at least this much of the budget left
 _Ranked = tuple[list[dict[str, Any]], list[float], str, int]  # configs, probs, model, dropped
 
 
-class CloudError(EdgetuneError):
-    """Cloud settings are invalid (raised when they are made; an ask never raises)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.predict.errors import ModelFileError
+from agent.errors import ModelFileError
 from agent.predict.model_files import CONFIDENCE_FILE
 from agent.predict.ranking import RankingFeatures
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.errors import ModelFileError
 from agent.predict.cost_features import FEATURE_COUNT, FEATURE_VERSION
-from agent.predict.errors import ModelFileError
 
 __all__ = ["CostModel"]
 

@@ -3,7 +3,7 @@
 The file is validated with ``gguf.GGUFReader`` before llama.cpp sees it (llama.cpp may abort
 the process on some malformed files): it must exist, be a ``llama`` GGUF with every tensor
 whole, and carry the vocabulary this edgetune speaks. Every problem is a one-line
-:class:`~agent.predict.errors.ModelFileError` naming the file.
+:class:`~agent.errors.ModelFileError` naming the file.
 
 Scoring walks the configurations as a trie through llama.cpp's C API: the prompt is decoded
 once and belongs to every sequence; rows are sorted and taken in groups (one sequence per
@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.errors import ModelFileError
 from agent.hardware.probe import usable_cpus
 from agent.predict.beam import beam_search, log_softmax
-from agent.predict.errors import ModelFileError
 from agent.predict.gguf_file import read_gguf
 from agent.predict.vocab import VOCAB_VERSION, vocabulary
 

@@ -1,4 +1,7 @@
-"""The model folder's file names, where the folder is, and the version of what is in it.
+"""The model folder's file names and the version of what is in it.
+
+Which folder is :attr:`agent.settings.Settings.models_dir`'s job (the one resolver); a
+caller that names none gets the shipped ``models/`` (:func:`agent.settings.default_models_dir`).
 
 Light on purpose (no numpy, no llama.cpp): ``edgetune status`` and the update hook read the
 model version without loading a model.
@@ -11,10 +14,9 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from agent.resources import shipped_dir
+from agent.settings import default_models_dir
 
-__all__ = ["CONFIDENCE_FILE", "COST_MODEL_FILE", "STUDENT_FILE", "TEACHER_FILE", "default_model_dir",
-           "model_version"]
+__all__ = ["CONFIDENCE_FILE", "COST_MODEL_FILE", "STUDENT_FILE", "TEACHER_FILE", "model_version"]
 
 STUDENT_FILE = "edgetune-student-q4_0.gguf"
 TEACHER_FILE = "edgetune-teacher-q8_0.gguf"
@@ -25,18 +27,12 @@ CONFIDENCE_FILE = "confidence.json"
 _PREDICTION_FILES = (STUDENT_FILE, COST_MODEL_FILE, CONFIDENCE_FILE)
 
 
-def default_model_dir() -> Path:
-    """``$EDGETUNE_MODELS`` if set, else the shipped ``models/`` folder (a checkout's or the venv's)."""
-    env = os.environ.get("EDGETUNE_MODELS")
-    return Path(env) if env else shipped_dir("models")
-
-
 def model_version(model_dir: str | os.PathLike[str] | None = None) -> str | None:
     """12 hex digits of SHA-256 over the prediction files (student, cost model, calibration); None without a student.
 
     Tuning results proposed by the model record it, so a model update can mark them stale.
     """
-    folder = Path(model_dir) if model_dir is not None else default_model_dir()
+    folder = Path(model_dir) if model_dir is not None else default_models_dir()
     stamps = []
     for name in _PREDICTION_FILES:
         try:

@@ -28,21 +28,21 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import EdgetuneError
+from agent.errors import EdgetuneError, ModelFileError
 from agent.kernels.features import KernelFeatures, SourceFeatures, kernel_features
 from agent.kernels.space import Config, Space, config_key
 from agent.kernels.spec import KernelSpec
 from agent.predict.confidence import Calibration
 from agent.predict.cost_features import config_features
 from agent.predict.cost_model import CostModel
-from agent.predict.errors import ModelFileError
 from agent.predict.local_model import LocalModel
-from agent.predict.model_files import CONFIDENCE_FILE, COST_MODEL_FILE, STUDENT_FILE, default_model_dir
+from agent.predict.model_files import CONFIDENCE_FILE, COST_MODEL_FILE, STUDENT_FILE
 from agent.predict.prompt import ConfigCodec, HardwareDesc, KernelDesc, hardware_desc, kernel_desc, prompt_tokens
 from agent.predict.ranking import CANDIDATES, RankingFeatures, blend_order, ranking_features
 from agent.predict.vocab import vocabulary
+from agent.settings import default_models_dir
 
-__all__ = ["COST_MODEL_FILE", "STUDENT_FILE", "Candidate", "Prediction", "Predictor", "default_model_dir"]
+__all__ = ["COST_MODEL_FILE", "STUDENT_FILE", "Candidate", "Prediction", "Predictor"]
 
 @dataclass(frozen=True)
 class Candidate:
@@ -70,9 +70,6 @@ class Prediction:
     space_size: int  # valid configurations the beam searched
     seconds: float
     prompt: tuple[str, ...]  # the prompt's tokens (what the cloud is sent)
-
-    def top(self, k: int) -> list[Config]:
-        return [c.config for c in self.candidates[:k]]
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": [{"config": c.config, "logp": c.logp, "rank": c.rank, "source": c.source}
@@ -102,11 +99,10 @@ class Predictor:
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, threads: int = 1,
                  cache_dir: Path | None = None, compiler: str = "cc") -> None:
         """Load the models in ``model_dir``; raises ModelFileError if the student cannot be used."""
-        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        self.model_dir = Path(model_dir) if model_dir is not None else default_models_dir()
         self.warnings: list[str] = []
         self._cache_dir = cache_dir
         self._compiler = compiler
-        started = time.perf_counter()
         self.model = LocalModel(self.model_dir / STUDENT_FILE, n_threads=threads)
         self.calibration: Calibration | None = None
         try:
@@ -120,7 +116,6 @@ class Predictor:
             self.warnings.append(f"{exc}; ranking by the student alone")
         except ImportError:
             self.warnings.append("onnxruntime is not installed; ranking by the student alone")
-        self.load_seconds = time.perf_counter() - started
         self._problems: dict[tuple, _Problem] = {}
 
     def close(self) -> None:

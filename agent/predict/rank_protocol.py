@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from agent.errors import EdgetuneError
+from agent.errors import RankProtocolError
 from agent.predict.prompt import ConfigCodec
 from agent.predict.vocab import Vocabulary, vocabulary
 
@@ -39,8 +39,6 @@ _FIELD = re.compile(r"[a-z]+#[0-9]+")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-class RankProtocolError(EdgetuneError):
-    """A rank request or answer breaks the wire format, or speaks another vocabulary."""
 
 
 def _fail(what: str, name: str, problem: str) -> NoReturn:

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.bench.measure import TIE_RATIO
 from agent.budget import QUICK, Budget
-from agent.errors import EdgetuneError
+from agent.errors import EdgetuneError, ModelFileError
 from agent.evaluator import Evaluator
 from agent.kernels.space import Config, Space, config_key
-from agent.predict.errors import ModelFileError
 from agent.predict.model_files import model_version
 from agent.search.base import Strategy, StrategyOptions, StrategyReport
 from agent.search.local_search import climb
@@ -45,9 +44,10 @@ _PREDICTORS: dict[tuple[str, str | None], Predictor] = {}
 
 def load_predictor(models: Path | None, cache_dir: Path | None) -> Predictor:
     """The predictor for ``models`` (loaded once per process)."""
-    from agent.predict.predictor import Predictor, default_model_dir
+    from agent.predict.predictor import Predictor
+    from agent.settings import default_models_dir
 
-    folder = Path(models) if models is not None else default_model_dir()
+    folder = Path(models) if models is not None else default_models_dir()
     key = (str(folder.resolve()), str(cache_dir) if cache_dir else None)
     if key not in _PREDICTORS:
         _PREDICTORS[key] = Predictor(folder, cache_dir=cache_dir)

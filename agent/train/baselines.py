@@ -8,47 +8,37 @@ computed from orders, so every baseline here only returns one:
   :func:`random_expected_evals` of uniform sampling without replacement),
 * :func:`nearest_case_order`: reuse the best configurations of the most similar known cases,
 * :class:`CostModelBaseline`: a TVM-style gradient-boosted cost model (LightGBM) ranking the table,
-* :func:`opentuner_order`: OpenTuner's default ensemble driven through its API,
-* :func:`kernel_tuner_order`: Kernel Tuner strategies in simulation mode on a cache file,
+* OpenTuner and Kernel Tuner replayed on the table: :mod:`agent.train.search_baselines`.
 
-OpenTuner, Kernel Tuner and LightGBM are optional; they are imported only when used.
+LightGBM is optional; it is imported only when used.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import logging
 import math
-import random
-import tempfile
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.predict.cost_features import config_features
-from agent.search.opentuner_search import opentuner_parameter
 from agent.train.cases import Case
 
 __all__ = [
-    "KERNEL_TUNER_STRATEGIES",
+    "FAILED_TIME",
     "CostModelBaseline",
-    "kernel_tuner_cache",
-    "kernel_tuner_order",
+    "config_row_key",
+    "fill_random",
+    "hashable",
     "nearest_case_order",
-    "opentuner_order",
     "order_metrics",
     "random_expectation",
     "random_expected_evals",
     "random_order",
+    "row_index",
 ]
 
-KERNEL_TUNER_STRATEGIES = ("random_sample", "genetic_algorithm", "simulated_annealing", "greedy_ils")
-_FAILED_TIME = 1e30  # what search tools are told a failed configuration took
+FAILED_TIME = 1e30  # what search tools are told a failed configuration took
 
 
 # --------------------------------------------------------------------------- metrics
@@ -120,22 +110,25 @@ def random_order(case: Case, budget: int, seed: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).permutation(n)[: min(budget, n)]]
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
+    """A configuration value as a table key: numbers as floats (so 16 and 16.0 match), the rest as is."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-def _config_key(config: Mapping[str, Any], names: Sequence[str]) -> tuple | None:
+def config_row_key(config: Mapping[str, Any], names: Sequence[str]) -> tuple | None:
+    """The hashable values of ``names`` in ``config``; None when one is missing."""
     try:
-        return tuple(_hashable(config[n]) for n in names)
+        return tuple(hashable(config[n]) for n in names)
     except KeyError:
         return None
 
 
-def _row_index(case: Case) -> dict[tuple, int]:
+def row_index(case: Case) -> dict[tuple, int]:
+    """The first row of each configuration of the case's table, by :func:`config_row_key`."""
     names = [p["name"] for p in case.params]
     index: dict[tuple, int] = {}
     for i, config in enumerate(case.configs):
-        index.setdefault(_config_key(config, names), i)  # type: ignore[arg-type]
+        index.setdefault(config_row_key(config, names), i)  # type: ignore[arg-type]
     return index
 
 
@@ -143,7 +136,8 @@ def _prompt_distance(a: Sequence[int], b: Sequence[int]) -> int:
     return sum(x != y for x, y in zip(a, b, strict=False)) + abs(len(a) - len(b))
 
 
-def _fill_random(order: list[int], n: int, budget: int, seed: int) -> None:
+def fill_random(order: list[int], n: int, budget: int, seed: int) -> None:
+    """Append seeded random rows of ``n`` not in ``order`` until it holds ``budget``."""
     chosen = set(order)
     for i in np.random.default_rng(seed).permutation(n):
         if len(order) >= budget:
@@ -172,7 +166,7 @@ def nearest_case_order(case: Case, known: Sequence[Case], budget: int, seed: int
         pool = [k for k in others if sorted(p["name"] for p in k.params) == sorted(names)]
     prompt = case.prompt()
     pool.sort(key=lambda k: (_prompt_distance(prompt, k.prompt()), k.case_id))
-    index = _row_index(case)
+    index = row_index(case)
     order: list[int] = []
     chosen: set[int] = set()
     rankings: list[Iterator[int]] = []
@@ -187,7 +181,7 @@ def nearest_case_order(case: Case, known: Sequence[Case], budget: int, seed: int
             if row is None:
                 continue
             alive.append((k, ranked))
-            i = index.get(_config_key(k.configs[int(row)], names))  # type: ignore[arg-type]
+            i = index.get(config_row_key(k.configs[int(row)], names))  # type: ignore[arg-type]
             if i is not None and i not in chosen:
                 order.append(i)
                 chosen.add(i)
@@ -196,10 +190,10 @@ def nearest_case_order(case: Case, known: Sequence[Case], budget: int, seed: int
         pool = [k for k, _ in alive]
         rankings = [r for _, r in alive]
     if len(order) < budget and all("default" in p for p in case.params):
-        i = index.get(_config_key({p["name"]: p["default"] for p in case.params}, names))  # type: ignore[arg-type]
+        i = index.get(config_row_key({p["name"]: p["default"] for p in case.params}, names))  # type: ignore[arg-type]
         if i is not None and i not in chosen:
             order.append(i)
-    _fill_random(order, n, budget, seed)
+    fill_random(order, n, budget, seed)
     return order[:budget]
 
 
@@ -289,226 +283,3 @@ class CostModelBaseline:
         """The ``budget`` rows with the best predictions, best first (ties by row index)."""
         scores = self.scores(case)
         return [int(i) for i in np.argsort(-scores, kind="stable")[: min(budget, len(scores))]]
-
-
-# --------------------------------------------------------------------------- shared by the tuners
-
-
-@contextlib.contextmanager
-def _seeded_quiet(seed: int, loggers: Sequence[str]) -> Iterator[None]:
-    """Seed ``random`` and numpy's global generator, silence output; restore all afterwards."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    levels = {name: logging.getLogger(name).level for name in loggers}
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    for name in loggers:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
-class _Snapper:
-    """Nearest table row to a configuration: log2 distance for positive numbers (scaled by the
-    parameter's log2 range), linear otherwise, mismatch = 1 for strings; rows already
-    evaluated are skipped, ties go to the lowest row index."""
-
-    def __init__(self, case: Case) -> None:
-        self.case = case
-        self.names = [p["name"] for p in case.params]
-        self.index = _row_index(case)
-        self.columns: list[tuple[str, np.ndarray, float]] = []
-        for p in case.params:
-            raw = [c[p["name"]] for c in case.configs]
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*raw, *p["values"]]):
-                values = np.array([*raw, *p["values"]], dtype=np.float64)
-                if (values > 0).all():
-                    values = np.log2(values)
-                    kind = "log"
-                else:
-                    kind = "lin"
-                span = float(values.max() - values.min()) or 1.0
-                self.columns.append((kind, values[: len(raw)] / span, span))
-            else:
-                self.columns.append(("cat", np.array([str(v) for v in raw], dtype=object), 1.0))
-        self.taken = np.zeros(len(case.configs), dtype=bool)
-
-    def snap(self, config: Mapping[str, Any]) -> int:
-        exact = self.index.get(_config_key(config, self.names))  # type: ignore[arg-type]
-        if exact is not None and not self.taken[exact]:
-            return exact
-        distance = np.zeros(len(self.case.configs))
-        for name, (kind, column, span) in zip(self.names, self.columns, strict=True):
-            v = config[name]
-            if kind == "cat":
-                distance += column != str(v)
-            else:
-                x = (math.log2(float(v)) if kind == "log" else float(v)) / span
-                distance += np.abs(column - x)
-        distance[self.taken] = np.inf
-        return int(np.argmin(distance))
-
-
-# --------------------------------------------------------------------------- OpenTuner
-
-
-def opentuner_order(case: Case, budget: int, seed: int) -> list[int]:
-    """OpenTuner's default technique ensemble (AUCBanditMetaTechniqueA) over the declared space.
-
-    One parameter per space parameter with more than one value: IntegerParameter for runs of
-    integers, PowerOfTwoParameter for doubling runs, IntegerParameter over the index for
-    other ordered numbers, EnumParameter for strings. Each proposal costs one evaluation
-    and is answered with the time of the nearest table row *not evaluated yet* (exact row
-    when present; see :class:`_Snapper`), so every evaluation adds one new distinct row and
-    the order has ``min(budget, rows)`` entries. OpenTuner itself answers exact repeats of a
-    configuration from its results database (no evaluation). Failed rows report 1e30 s.
-    Runs with an in-memory SQLite database, no log file, output silenced.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # SQLAlchemy 2.0 deprecation warnings of its models
-        import opentuner
-        import opentuner.tuningrunmain as tuningrunmain
-        from opentuner.api import TuningRunManager
-        from opentuner.measurement.interface import DefaultMeasurementInterface
-        from opentuner.resultsdb.models import Result
-        from opentuner.search.manipulator import ConfigurationManipulator
-
-    n = len(case.configs)
-    budget = min(budget, n)
-    if budget <= 0:
-        return []
-    tuningrunmain.init_logging = lambda: None  # it would add a file handler writing ./opentuner.log
-    snapper = _Snapper(case)
-    fixed = {p["name"]: p["values"][0] for p in case.params if len(p["values"]) == 1}
-    tuned = [p for p in case.params if len(p["values"]) > 1]
-    order: list[int] = []
-    if not tuned:
-        order.append(snapper.snap(fixed))
-        _fill_random(order, n, budget, seed)
-        return order
-    with _seeded_quiet(seed, ["opentuner", "sqlalchemy"]):
-        manipulator = ConfigurationManipulator()
-        for p in tuned:
-            manipulator.add_parameter(opentuner_parameter(p["name"], p["values"]))
-        args = opentuner.default_argparser().parse_args([])
-        args.database = "sqlite://"  # in memory
-        args.no_dups = True
-        args.label = "edgetune"
-        interface = DefaultMeasurementInterface(args=args, manipulator=manipulator, project_name="edgetune",
-                                                program_name=case.kernel, program_version="0")
-        manager = TuningRunManager(interface, args)
-        idle = 0
-        while len(order) < budget and idle < 50:
-            desired = manager.get_next_desired_result()
-            if desired is None:
-                idle += 1
-                continue
-            data = desired.configuration.data
-            config = dict(fixed)
-            for p in tuned:
-                if p["name"] in data:
-                    config[p["name"]] = data[p["name"]]
-                else:
-                    config[p["name"]] = p["values"][int(data[f"{p['name']}#index"])]
-            row = snapper.snap(config)
-            snapper.taken[row] = True
-            order.append(row)
-            time = float(case.times[row]) if math.isfinite(case.times[row]) else _FAILED_TIME
-            manager.report_result(desired, Result(time=time))
-        with contextlib.suppress(Exception):
-            manager.session.close()
-            manager.engine.dispose()
-    _fill_random(order, n, budget, seed)  # only when OpenTuner stopped proposing
-    return order
-
-
-# --------------------------------------------------------------------------- Kernel Tuner
-
-
-def kernel_tuner_cache(case: Case) -> tuple[dict[str, Any], dict[tuple, int]]:
-    """The case as a Kernel Tuner cache (times in ms, failures as ``RuntimeFailedConfig``),
-    and the row of each cache configuration (a tuple of declared values, in ``params`` order)."""
-    keys = [p["name"] for p in case.params]
-    declared = [{_hashable(v): v for v in p["values"]} for p in case.params]
-    cache: dict[str, Any] = {}
-    rows: dict[tuple, int] = {}
-    for i, (config, t) in enumerate(zip(case.configs, case.times, strict=True)):
-        values = tuple(d.get(_hashable(config[k]), config[k]) for k, d in zip(keys, declared, strict=True))
-        key = ",".join(str(v) for v in values)
-        if key in cache:
-            continue
-        entry: dict[str, Any] = dict(zip(keys, values, strict=True))
-        entry["time"] = float(t) * 1e3 if math.isfinite(t) else "RuntimeFailedConfig"
-        cache[key] = entry
-        rows[tuple(_hashable(v) for v in values)] = i
-    data = {"device_name": case.device_name, "kernel_name": case.kernel,
-            "problem_size": [int(v) for v in case.shape.values()] or [1], "tune_params_keys": keys,
-            "tune_params": {p["name"]: list(p["values"]) for p in case.params}, "objective": "time", "cache": cache}
-    return data, rows
-
-
-def _kt_fevals(strategy: str, budget: int, size: int) -> int:
-    # KT's simulated annealing cools to T_min after 3/4 of max_fevals and stops there
-    # (T = 0.1 * alpha ** (max_iter * evals / max_fevals) with max_iter set by T_min, not T_min / T):
-    # ask for 4/3 of the budget so its first ``budget`` evaluations fill the order.
-    if strategy == "simulated_annealing":
-        return min(size, math.ceil(budget * 4 / 3) + 1)
-    return budget
-
-
-def kernel_tuner_order(case: Case, strategy: str, budget: int, seed: int, *, pad: bool = True) -> list[int]:
-    """Rows in the order Kernel Tuner's ``strategy`` evaluates them, replaying the case in simulation mode.
-
-    The space is the declared values restricted to the table's rows (failed rows included:
-    they cost an evaluation and report ``RuntimeFailedConfig``), so no proposal falls outside
-    the table. ``max_fevals = budget`` counts distinct configurations, as Kernel Tuner does;
-    the order is the first appearance of each configuration in KT's results. Simulated
-    annealing is given 4/3 of the budget because it stops at 3/4 of ``max_fevals`` (its order
-    is cut to ``budget``). Strategies may still stop early on tiny tables (the genetic
-    algorithm stops once its evaluation count, repeats included, nears the space size); then
-    ``pad`` continues with seeded random rows not yet evaluated, else the order is shorter.
-    Seeded through ``random`` and numpy's global generator (restored afterwards); all output
-    silenced; the cache lives in a temp dir.
-    """
-    import kernel_tuner
-    from constraint import FunctionConstraint
-    from kernel_tuner.interface import strategy_map
-
-    if strategy not in strategy_map:
-        raise ValueError(f"unknown Kernel Tuner strategy {strategy!r}; it has {', '.join(strategy_map)}")
-    budget = min(budget, len(case.configs))
-    if budget <= 0:
-        return []
-    data, rows = kernel_tuner_cache(case)
-    valid = set(rows)
-
-    def in_table(*values: Any) -> bool:
-        return tuple(_hashable(v) for v in values) in valid
-
-    keys = data["tune_params_keys"]
-    order: list[int] = []
-    seen: set[int] = set()
-    with tempfile.TemporaryDirectory(prefix="edgetune-kt-") as tmp, \
-            _seeded_quiet(seed, ["kernel_tuner", ""]):
-        path = Path(tmp) / "cache.json"
-        path.write_text(json.dumps(data))
-        results, _ = kernel_tuner.tune_kernel(
-            data["kernel_name"], "", tuple(data["problem_size"]), [], data["tune_params"],
-            restrictions=[FunctionConstraint(in_table)], simulation_mode=True, cache=str(path), strategy=strategy,
-            strategy_options={"max_fevals": _kt_fevals(strategy, budget, len(rows))}, quiet=True, verbose=False)
-    for result in results:
-        row = rows.get(tuple(_hashable(result[k]) for k in keys))
-        if row is not None and row not in seen:
-            seen.add(row)
-            order.append(row)
-    order = order[:budget]
-    if pad:
-        _fill_random(order, len(case.configs), budget, seed)
-    return order

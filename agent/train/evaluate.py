@@ -30,7 +30,7 @@ from agent.predict.local_model import LocalModel
 from agent.predict.model_files import COST_MODEL_FILE
 from agent.predict.ranking import CANDIDATES, blend_order, ranking_features
 from agent.predict.vocab import vocabulary
-from agent.train import baselines
+from agent.train import baselines, search_baselines
 from agent.train.calibrate import calibrate
 from agent.train.cases import Case, load_cases
 from agent.train.cost_model import export_onnx, fit_cost_model
@@ -170,9 +170,9 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
                     plans[Q4_METHOD] = (_q4_order, (local, case, hide))
                 if options.opentuner:
                     for budget in (options.budget, options.long_budget):
-                        plans[f"OpenTuner {budget}"] = (baselines.opentuner_order, (case, budget, 0))
+                        plans[f"OpenTuner {budget}"] = (search_baselines.opentuner_order, (case, budget, 0))
                 for strategy in options.kt_strategies:
-                    plans[f"Kernel Tuner {strategy}"] = (baselines.kernel_tuner_order,
+                    plans[f"Kernel Tuner {strategy}"] = (search_baselines.kernel_tuner_order,
                                                          (case, strategy, options.budget, 0))
                 orders: dict[str, tuple[list[int], float]] = {}
                 where = {"fold": fold.name, "split": split, "case": case.case_id}

@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 import torch
 
-from agent.predict.errors import ModelFileError
+from agent.errors import ModelFileError
 from agent.predict.local_model import captured_stderr, quiet_llama_logs, tensor_shapes
 from agent.predict.vocab import Vocabulary
 

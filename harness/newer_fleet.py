@@ -1,6 +1,6 @@
 """A fleet service one protocol version ahead, as a real process: the "upgraded fleet" of the versioning tests.
 
-    python -m tests.newer_fleet --db DB --port N
+    python -m harness.newer_fleet --db DB --port N
 
 serves ``agent.fleet.app.create_app`` (the same application ``edgetune fleet serve`` runs) with an
 ``Acceptance`` that also reads protocol ``NEWER_PROTOCOL`` and the record kind ``power``, the way

@@ -1,6 +1,6 @@
 """A real loopback HTTP server for the cloud client's tests, backed by a GGUF model, with failure modes.
 
-    python -m tests.cloud_server --mode ok --model models/edgetune-teacher-q8_0.gguf [--token SECRET]
+    python -m harness.cloud_server --mode ok --model models/edgetune-teacher-q8_0.gguf [--token SECRET]
 
 Binds 127.0.0.1 on a free port and prints ``PORT <n>`` as its first stdout line. It exits when its stdin
 closes, so a test run that dies leaves no server behind. Endpoints:
@@ -218,7 +218,7 @@ def small_rank_request(case: RankCase) -> RankRequest:
 
 
 class Servers:
-    """Child processes of tests/cloud_server.py; ``shared`` ones live for the module, ``start`` gives a fresh one."""
+    """Child processes of harness/cloud_server.py; ``shared`` ones live for the module, ``start`` gives a fresh one."""
 
     def __init__(self, model: Path) -> None:
         self.model = model
@@ -226,7 +226,7 @@ class Servers:
         self.by_mode: dict[str, str] = {}
 
     def start(self, mode: str, *, token: str | None = None) -> str:
-        cmd = [sys.executable, "-m", "tests.cloud_server", "--mode", mode, "--model", str(self.model)]
+        cmd = [sys.executable, "-m", "harness.cloud_server", "--mode", mode, "--model", str(self.model)]
         proc = subprocess.Popen([*cmd, *(["--token", token] if token else [])], cwd=ROOT, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.procs.append(proc)

@@ -2,7 +2,7 @@
 
 The service is ``python -m agent.cli fleet serve`` on a free 127.0.0.1 port. The proxy is
 
-    python -m tests.fleet_server --upstream URL --mode slow|429-once|503-once [--delay 0.05]
+    python -m harness.fleet_server --upstream URL --mode slow|429-once|503-once [--delay 0.05]
 
 which prints ``PORT <n>``, forwards every request to ``URL`` (``slow``: after ``--delay`` seconds;
 ``429-once``/``503-once``: the first POST is answered with that status and ``Retry-After: 1``
@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from tests.cloud_server import serve_until_stdin_closes
+from harness.cloud_server import serve_until_stdin_closes
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATOR_TOKEN = "operator-secret-for-tests"
@@ -48,7 +48,7 @@ class FleetServer:
     """``edgetune fleet serve`` as a child process; ``kill`` and ``start`` again on the same port and database.
 
     ``db`` is what ``--db`` takes: a SQLite path or a PostgreSQL URL. ``newer`` runs
-    ``tests/newer_fleet.py`` instead: the fleet one protocol version ahead.
+    ``harness/newer_fleet.py`` instead: the fleet one protocol version ahead.
     """
 
     def __init__(self, db: str | Path, port: int | None = None, *, newer: bool = False) -> None:
@@ -60,7 +60,7 @@ class FleetServer:
         self.newer = newer
 
     def start(self, timeout: float = 30.0) -> FleetServer:
-        program = ["tests.newer_fleet"] if self.newer else ["agent.cli", "fleet", "serve"]
+        program = ["harness.newer_fleet"] if self.newer else ["agent.cli", "fleet", "serve"]
         cmd = [sys.executable, "-m", *program, "--db", str(self.db), "--port", str(self.port), *self.serve_args]
         env = child_env(EDGETUNE_FLEET_OPERATOR_TOKEN=OPERATOR_TOKEN, **self.serve_env)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
@@ -102,10 +102,10 @@ class FleetServer:
 
 
 class Proxy:
-    """tests/fleet_server.py as a child process in front of ``upstream``."""
+    """harness/fleet_server.py as a child process in front of ``upstream``."""
 
     def __init__(self, upstream: str, mode: str, delay: float = 0.0) -> None:
-        cmd = [sys.executable, "-m", "tests.fleet_server", "--upstream", upstream, "--mode", mode,
+        cmd = [sys.executable, "-m", "harness.fleet_server", "--upstream", upstream, "--mode", mode,
                "--delay", str(delay)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
@@ -206,9 +206,8 @@ if __name__ == "__main__":
 
 def register_device(server: FleetServer, name: str | None = None) -> tuple[str, str]:
     """A new device registered through the real CLI: (name, token)."""
-    from tests.conftest import run_cli  # conftest imports nothing from here at start-up
-
     name = name or f"device-{uuid.uuid4().hex[:8]}"
-    done = run_cli("fleet", "add-device", name, "--db", str(server.db), timeout=60)
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "fleet", "add-device", name, "--db", str(server.db)],
+                          capture_output=True, text=True, timeout=60, env=child_env(), check=False)
     assert done.returncode == 0, done.stderr
     return name, done.stdout.strip()
