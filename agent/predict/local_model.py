@@ -1,9 +1,7 @@
 """Run the exported decoder on the device with llama.cpp (llama-cpp-python), from a GGUF file.
 
-The file is validated with ``gguf.GGUFReader`` before llama.cpp sees it (llama.cpp may abort
-the process on some malformed files): it must exist, be a ``llama`` GGUF with every tensor
-whole, and carry the vocabulary this edgetune speaks. Every problem is a one-line
-:class:`~agent.errors.ModelFileError` naming the file.
+The file is checked (``agent.predict.model_check``) before llama.cpp sees it; llama.cpp's CPU
+backend and logs are handled by ``agent.predict.llama_runtime``.
 
 Scoring walks the configurations as a trie through llama.cpp's C API: the prompt is decoded
 once and belongs to every sequence; rows are sorted and taken in groups (one sequence per
@@ -29,11 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
-import struct
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,126 +37,11 @@ import numpy as np
 from agent.errors import ModelFileError
 from agent.hardware.probe import usable_cpus
 from agent.predict.beam import beam_search, log_softmax
-from agent.predict.gguf_file import read_gguf
-from agent.predict.vocab import VOCAB_VERSION, vocabulary
+from agent.predict.llama_runtime import captured_stderr, load_cpu_backend, quiet_llama_logs
+from agent.predict.model_check import check_model_file
+from agent.predict.vocab import vocabulary
 
-__all__ = ["LocalModel", "captured_stderr", "load_cpu_backend", "quiet_llama_logs", "read_model_file", "tensor_shapes"]
-
-_REQUIRED_KEYS = ("llama.context_length", "llama.embedding_length", "llama.block_count", "llama.feed_forward_length",
-                  "llama.attention.head_count", "edgetune.vocab_version", "edgetune.vocab_digest")
-
-
-def load_cpu_backend(llama_cpp: Any) -> None:
-    """Register llama.cpp's CPU backend if the build left that to the program.
-
-    A portable build (``GGML_BACKEND_DL=ON GGML_CPU_ALL_VARIANTS=ON``, what the Debian package
-    ships) holds one CPU library per x86-64 level beside libllama and registers none on its
-    own; ggml then loads the variant that scores best on this processor (AVX-512, AVX2, SSE4.2
-    ...). A usual build has its CPU backend linked in: then this does nothing.
-    """
-    lib = llama_cpp.llama_cpp._lib
-    try:
-        count, load_all = lib.ggml_backend_reg_count, lib.ggml_backend_load_all_from_path
-    except AttributeError:  # a llama.cpp older than the backend registry: always linked in
-        return
-    count.argtypes, count.restype = [], ctypes.c_size_t
-    if count():
-        return
-    load_all.argtypes, load_all.restype = [ctypes.c_char_p], None
-    folder = Path(getattr(llama_cpp.llama_cpp, "_base_path", Path(llama_cpp.llama_cpp.__file__).parent / "lib"))
-    load_all(os.fsencode(folder))  # where libllama was loaded from (LLAMA_CPP_LIB_PATH may move it)
-    if not count():
-        raise ModelFileError(f"llama.cpp in {folder} has no CPU backend this processor can run "
-                             "(a GGML_BACKEND_DL build without its libggml-cpu-*.so variants?)")
-
-
-@contextlib.contextmanager
-def captured_stderr() -> Iterator[list[str]]:
-    """Redirect the process's fd 2 (where llama.cpp logs) to a temp file; yields a list filled with its lines."""
-    lines: list[str] = []
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines.extend(sink.read().decode(errors="replace").splitlines())
-
-
-def quiet_llama_logs() -> None:
-    """Drop llama.cpp's info/warning chatter (it logs via llama-cpp-python's logger) unless someone set its level."""
-    logger = logging.getLogger("llama-cpp-python")
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.ERROR)
-
-
-def tensor_shapes(dim: int, layers: int, ffn_dim: int, vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """llama.cpp tensor name -> numpy shape ([out, in], row-major) of every tensor a model file holds."""
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (vocab_size, dim), "output_norm.weight": (dim,),
-                                          "output.weight": (vocab_size, dim)}
-    for i in range(layers):
-        for part, shape in (("attn_norm", (dim,)), ("attn_q", (dim, dim)), ("attn_k", (dim, dim)),
-                            ("attn_v", (dim, dim)), ("attn_output", (dim, dim)), ("ffn_norm", (dim,)),
-                            ("ffn_gate", (ffn_dim, dim)), ("ffn_up", (ffn_dim, dim)), ("ffn_down", (dim, ffn_dim))):
-            shapes[f"blk.{i}.{part}.weight"] = shape
-    return shapes
-
-
-def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validate a model GGUF without llama.cpp; returns its metadata (every key, typed values).
-
-    Raises :class:`ModelFileError` if the file is missing, not a GGUF, truncated or corrupt,
-    not a ``llama`` model, or made for another vocabulary.
-    """
-    return _read_model_file(path)[0]
-
-
-def _read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """:func:`read_model_file`'s metadata and the file's tensors (:class:`GGUFTensor` by name, memory-mapped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise ModelFileError(f"{path}: not a GGUF file (starts with {magic!r})")
-    try:
-        parsed = read_gguf(path)
-        meta, tensors = parsed.metadata, parsed.tensors
-    except (ValueError, IndexError, KeyError, TypeError, OSError, UnicodeDecodeError, struct.error) as exc:
-        raise ModelFileError(f"{path}: truncated or corrupt GGUF ({type(exc).__name__}: {exc})") from exc
-    if meta.get("general.architecture") != "llama":
-        raise ModelFileError(f"{path}: architecture is {meta.get('general.architecture')!r}, expected 'llama'")
-    missing = [k for k in _REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise ModelFileError(f"{path}: not an edgetune model file (no {', '.join(missing)})")
-    vocab = vocabulary()
-    if meta["edgetune.vocab_version"] != VOCAB_VERSION or meta["edgetune.vocab_digest"] != vocab.digest():
-        raise ModelFileError(
-            f"{path}: made for vocabulary version {meta['edgetune.vocab_version']} "
-            f"(digest {str(meta['edgetune.vocab_digest'])[:12]}), this edgetune has version {VOCAB_VERSION} "
-            f"(digest {vocab.digest()[:12]})")
-    expected = tensor_shapes(int(meta["llama.embedding_length"]), int(meta["llama.block_count"]),
-                              int(meta["llama.feed_forward_length"]), vocab.size)
-    for name, shape in expected.items():
-        tensor = tensors.get(name)
-        if tensor is None:
-            raise ModelFileError(f"{path}: tensor {name} is missing")
-        if tuple(int(d) for d in tensor.shape) != tuple(reversed(shape)):
-            raise ModelFileError(f"{path}: tensor {name} has shape {list(reversed(tensor.shape.tolist()))}, "
-                                 f"expected {list(shape)}")
-        if tensor.data_offset + tensor.n_bytes > size:
-            raise ModelFileError(f"{path}: truncated (tensor {name} ends at byte {tensor.data_offset + tensor.n_bytes}"
-                                 f", the file has {size})")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise ModelFileError(f"{path}: unexpected tensors {', '.join(extra[:3])}")
-    return meta, tensors
-
+__all__ = ["LocalModel"]
 
 _FINAL_NORM = (b"result_norm", b"result_embd_pooled")  # the node's name (embeddings mode renames it)
 
@@ -231,7 +111,7 @@ class LocalModel:
         quiet_llama_logs()
         self._lc = llama_cpp
         self._path = Path(path)
-        self._meta, tensors = _read_model_file(self._path)
+        self._meta, tensors = check_model_file(self._path)
         self._context = int(self._meta["llama.context_length"])
         self._vocab_size = vocabulary().size
         output = tensors["output.weight"]

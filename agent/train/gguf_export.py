@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from agent.errors import ModelFileError
-from agent.predict.local_model import captured_stderr, quiet_llama_logs, tensor_shapes
+from agent.predict.llama_runtime import captured_stderr, quiet_llama_logs
+from agent.predict.model_check import tensor_shapes
 from agent.predict.vocab import Vocabulary
 
 __all__ = ["QUANT_KINDS", "quantize_gguf", "write_gguf"]
