@@ -18,7 +18,7 @@ from agent.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 # A machine's own /etc/edgetune/config.toml must not steer the tests; tests that need one write their own.
 os.environ.setdefault("EDGETUNE_CONFIG", str(ROOT / "tests" / "no-such-config.toml"))
-TEST_KERNELS = Path(__file__).resolve().parent / "kernels"
+TEST_KERNELS = Path(__file__).resolve().parent / "data" / "kernels"
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,7 @@ from agent.backends import BACKENDS, detect_backend, get_backend
 from agent.backends.c import CBackend
 from agent.errors import ConfigError, SpecError
 from agent.kernels.spec import load_spec
-
-from .conftest import TEST_KERNELS
+from tests.conftest import TEST_KERNELS
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ import pytest
 
 from agent.kernels.features import analyse_c, arithmetic_intensity, kernel_features
 from agent.kernels.registry import find_kernel
-
-from .conftest import TEST_KERNELS
+from tests.conftest import TEST_KERNELS
 
 
 def test_gemm_is_a_deep_reducing_loop_nest_with_vector_and_parallel_code():

@@ -1,7 +1,7 @@
 """Telemetry across versions: a device ahead of its fleet loses nothing, and an old device still uploads.
 
 Real processes on loopback: ``edgetune fleet serve`` (protocol 2) and, after the "upgrade", the same
-database served by ``tests/newer_fleet.py`` (protocol 3, a ``power`` record kind). The device is a
+database served by ``harness/newer_fleet.py`` (protocol 3, a ``power`` record kind). The device is a
 real store file and ``edgetune upload``; its newer records are written to the outbox the way the
 next release would (an extra data field, a new kind).
 """

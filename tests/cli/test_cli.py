@@ -9,8 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import cli
-
-from .conftest import ROOT, TEST_KERNELS, run_cli
+from tests.conftest import ROOT, TEST_KERNELS, run_cli
 
 COMMANDS = sorted(cli.commands)
 

@@ -9,12 +9,11 @@ import pytest
 from agent.dataset import DatasetError, read_dataset
 from agent.interchange import ImportFileError, import_path, read_batches
 from agent.interchange.batch import guess_role
+from tests.conftest import run_cli
 
-from .conftest import run_cli
-
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 EXCERPT = DATA / "A100-convolution-excerpt.json.gz"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "kernel-tuner-hub"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "kernel-tuner-hub"
 
 
 def test_a_kernel_tuner_cache_imports_with_times_in_seconds_and_failures_by_kind(store):

@@ -6,7 +6,7 @@ from pathlib import Path
 from agent.dataset import read_dataset
 from agent.kernels.registry import kernel_dirs
 
-DATA = Path(__file__).resolve().parents[1] / "models" / "data"
+DATA = Path(__file__).resolve().parents[2] / "models" / "data"
 
 
 def test_the_cpu_dataset_covers_every_builtin_kernel_at_4_shapes_3_targets_and_2_core_counts():

@@ -10,8 +10,7 @@ from agent.errors import ConfigError, ExpressionError, KernelNotFound, ShapeErro
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel, kernel_dirs
 from agent.kernels.spec import load_spec
-
-from .conftest import TEST_KERNELS
+from tests.conftest import TEST_KERNELS
 
 
 @pytest.fixture

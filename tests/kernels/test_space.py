@@ -6,8 +6,7 @@ from agent.errors import ConfigError
 from agent.kernels.problem import parse_shape
 from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space, config_key, parse_config
-
-from .conftest import TEST_KERNELS
+from tests.conftest import TEST_KERNELS
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def server(fleet_db: str) -> Iterator[FleetServer]:
     fleet.kill()
 
 
-CPU_DATASET = Path(__file__).resolve().parents[1] / "models" / "data" / "cpu-epyc-avx512-2026-11-25"
+CPU_DATASET = Path(__file__).resolve().parents[2] / "models" / "data" / "cpu-epyc-avx512-2026-11-25"
 PROFILE = {"name": "test board", "logical_cores": 4, "physical_cores": 4}
 
 

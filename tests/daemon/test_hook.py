@@ -96,7 +96,7 @@ def test_a_new_compiler_invalidates_every_result_and_a_new_model_only_the_predic
     assert done.returncode == 0, done.stderr
 
     models = tmp_path / "models"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "models", models,
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models", models,
                     ignore=shutil.ignore_patterns("data", "eval", "*teacher*"))
     calibration = json.loads((models / "confidence.json").read_text())
     (models / "confidence.json").write_text(json.dumps(calibration, indent=1))  # new bytes, a new version

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.store import Store
-
-from .conftest import ROOT, run_cli
-from .helpers import committed_runs
+from tests.conftest import ROOT, run_cli
+from tests.helpers import committed_runs
 
 pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
 

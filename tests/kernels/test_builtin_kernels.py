@@ -11,9 +11,8 @@ from agent.kernels.registry import find_kernel, kernel_dirs
 from agent.kernels.space import Space
 from agent.kernels.workloads import find_workload, list_workloads
 from agent.tuner import Budget, TuneOptions, tune
-
-from .conftest import targets_by_width
-from .helpers import QUICK
+from tests.conftest import targets_by_width
+from tests.helpers import QUICK
 
 BUILTIN = sorted(kernel_dirs())
 
