@@ -70,7 +70,7 @@ def child(kernels: list[str], repeats: int, threads: int) -> dict[str, object]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--build", action="append", required=True, metavar="NAME=LIBDIR",
+    parser.add_argument("--build", action="append", default=[], metavar="NAME=LIBDIR",
                         help="a build: its name and its llama_cpp/lib folder (empty: the venv's own); twice or more")
     parser.add_argument("--kernels", nargs="+", default=DEFAULT_KERNELS)
     parser.add_argument("--rounds", type=int, default=5)
@@ -81,6 +81,8 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.kernels, args.repeats, args.threads)))
         return 0
+    if len(args.build) < 2:
+        parser.error("name two builds or more with --build NAME=LIBDIR")
 
     builds = dict(b.split("=", 1) for b in args.build)
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in builds}
