@@ -30,32 +30,20 @@ DEFAULT_KERNELS = ["gemm", "conv2d", "softmax", "layernorm"]
 
 def child(kernels: list[str], repeats: int, threads: int) -> dict[str, object]:
     """One process's figures: median beam ms per kernel, and the llama.cpp CPU library it mapped."""
-    import numpy as np
+    from predict_latency import model_query  # a sibling script, not a package
 
     from agent.hardware import probe
     from agent.hardware.targets import target_vector_bits
-    from agent.kernels.features import kernel_features
     from agent.kernels.problem import parse_shape
     from agent.kernels.registry import find_kernel
-    from agent.kernels.space import Space
     from agent.predict.local_model import LocalModel
-    from agent.predict.prompt import ConfigCodec, encode_prompt, hardware_desc, kernel_desc
 
     profile = probe(measure_bandwidth=False)
     bits = target_vector_bits("native", profile)
     figures: dict[str, float] = {}
     with LocalModel(ROOT / "models" / "edgetune-student-q4_0.gguf", n_threads=threads) as model:
         for name in kernels:
-            spec = find_kernel(name)
-            problem = parse_shape(spec, None)
-            space = Space.build(problem, max_threads=profile.logical_cores, vector_bits=bits)
-            params = [{"name": p.name, "role": p.role, "values": p.values} for p in space.params]
-            codec = ConfigCodec.for_params(params)
-            rows = np.array([codec.encode(c) for c in space], dtype=np.int64)
-            kernel = kernel_desc({"params": params, "dimensions": spec.dimensions}, name=name, spec=spec,
-                                 features=kernel_features(spec))
-            prompt = encode_prompt(hardware_desc(profile.to_dict(), vector_bits=bits), kernel, problem.shape)
-            allowed = [list(dict.fromkeys(s.token_ids)) for s in codec.slots]
+            prompt, rows, allowed, _ = model_query(parse_shape(find_kernel(name), None), profile, bits)
             samples = []
             for _ in range(repeats):
                 model.logits([prompt[0]])  # another prompt in the cache: each beam decodes its prompt anew

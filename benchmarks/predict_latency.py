@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.hardware import probe
+from agent.hardware import HardwareProfile, probe
 from agent.hardware.targets import target_vector_bits
 from agent.kernels.features import kernel_features
-from agent.kernels.problem import parse_shape
+from agent.kernels.problem import Problem, parse_shape
 from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space
 from agent.predict.local_model import LocalModel
@@ -35,6 +35,24 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_KERNELS = ["gemm", "conv2d", "dwconv3x3", "stencil5", "softmax", "layernorm"]
 HEADER = ["threads", "kernel", "shape", "rows", "slots", "enumerate ms", "beam w32 ms new/cached",
           "beam w8 ms new/cached", "score all ms"]
+
+
+def model_query(problem: Problem, profile: HardwareProfile, bits: int) -> tuple[list[int], np.ndarray,
+                                                                             list[list[int]], float]:
+    """What the predictor asks the model for ``problem`` on this machine: the prompt, every valid
+    configuration's tokens, the allowed ids per slot, and how long enumerating the space took (ms)."""
+    spec = problem.spec
+    space = Space.build(problem, max_threads=profile.logical_cores, vector_bits=bits)
+    started = time.perf_counter()
+    configs = list(space)
+    enumerate_ms = (time.perf_counter() - started) * 1000
+    params = [{"name": p.name, "role": p.role, "values": p.values} for p in space.params]
+    codec = ConfigCodec.for_params(params)
+    rows = np.array([codec.encode(c) for c in configs], dtype=np.int64)
+    kernel = kernel_desc({"params": params, "dimensions": spec.dimensions}, name=spec.name, spec=spec,
+                         features=kernel_features(spec))
+    prompt = encode_prompt(hardware_desc(profile.to_dict(), vector_bits=bits), kernel, problem.shape)
+    return prompt, rows, [list(dict.fromkeys(s.token_ids)) for s in codec.slots], enumerate_ms
 
 
 def _ms(fn: Callable[[], object], repeats: int, before: Callable[[], object] | None = None) -> float:
@@ -85,17 +103,7 @@ def main() -> int:
     for name in args.kernels:
         spec = find_kernel(name)
         problem = parse_shape(spec, None)
-        space = Space.build(problem, max_threads=profile.logical_cores, vector_bits=bits)
-        started = time.perf_counter()
-        configs = list(space)
-        enumerate_ms = (time.perf_counter() - started) * 1000
-        params = [{"name": p.name, "role": p.role, "values": p.values} for p in space.params]
-        codec = ConfigCodec.for_params(params)
-        rows = np.array([codec.encode(c) for c in configs], dtype=np.int64)
-        kernel = kernel_desc({"params": params, "dimensions": spec.dimensions}, name=name, spec=spec,
-                             features=kernel_features(spec))
-        prompt = encode_prompt(hardware_desc(profile.to_dict(), vector_bits=bits), kernel, problem.shape)
-        allowed = [list(dict.fromkeys(s.token_ids)) for s in codec.slots]
+        prompt, rows, allowed, enumerate_ms = model_query(problem, profile, bits)
         queries.append((name, problem.key, enumerate_ms, prompt, rows, allowed))
 
     table = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from agent.backends.c import CBackend
 from agent.bench.compile import Toolchain
 from agent.hardware import HardwareProfile, probe
 from agent.hardware.targets import available_targets, target_vector_bits
+from agent.predict.rank_protocol import RankRequest
 from agent.store import Store
+from harness.cloud_server import RankCase, gemm_rank_case, small_rank_request
+from harness.fleet_server import FleetServer
 
 ROOT = Path(__file__).resolve().parents[1]
 # A machine's own /etc/edgetune/config.toml must not steer the tests; tests that need one write their own.
@@ -109,3 +113,24 @@ def fleet_db(request: pytest.FixtureRequest) -> str:
 def new_fleet_db(request: pytest.FixtureRequest):
     """``new_fleet_db(backend)``: another new empty fleet database."""
     return lambda backend: _new_fleet_db(request, backend)
+
+
+# -- shared servers and requests ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(fleet_db: str) -> Iterator[FleetServer]:
+    """The fleet service on SQLite and on PostgreSQL (``fleet_db`` is parametrized over both)."""
+    fleet = FleetServer(fleet_db).start()
+    yield fleet
+    fleet.kill()
+
+
+@pytest.fixture(scope="module")
+def case() -> RankCase:
+    """A gemm ranking case (prompt, tokens, the model's own scores) for the rank protocol's tests."""
+    return gemm_rank_case()
+
+
+@pytest.fixture(scope="module")
+def small(case: RankCase) -> RankRequest:
+    """A small /v1/rank request built from ``case``."""
+    return small_rank_request(case)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,6 @@ from tests.conftest import run_cli
 from tests.helpers import run_record, tuning_record
 
 pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
-
-
-@pytest.fixture(scope="module")
-def server(fleet_db: str) -> Iterator[FleetServer]:
-    """The fleet service on SQLite and on PostgreSQL (``fleet_db`` is parametrized over both)."""
-    fleet = FleetServer(fleet_db).start()
-    yield fleet
-    fleet.kill()
 
 
 def post(server: FleetServer, token: str, records: list[Any], *, key: str | None = None,

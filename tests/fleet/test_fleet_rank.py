@@ -20,7 +20,7 @@ from agent.predict.cloud import CloudClient, CloudSettings, merge_rankings
 from agent.predict.rank_protocol import MAX_CANDIDATES, MAX_PROMPT, RankRequest, candidate_key, request_for
 from agent.search.model_guided import ModelOptions
 from agent.tuner import TuneOptions, tune
-from harness.cloud_server import RankCase, Servers, gemm_rank_case, small_rank_request
+from harness.cloud_server import RankCase, Servers
 from harness.fleet_server import OPERATOR_TOKEN, FleetServer, register_device
 from tests.conftest import ROOT, run_cli
 from tests.helpers import QUICK, model_folder
@@ -30,16 +30,6 @@ pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a 
 KERNEL, SHAPE = "layernorm", "R=64,C=256"
 
 TEACHER = ROOT / "models" / "edgetune-teacher-q8_0.gguf"
-
-
-@pytest.fixture(scope="module")
-def case() -> RankCase:
-    return gemm_rank_case()
-
-
-@pytest.fixture(scope="module")
-def small(case: RankCase) -> RankRequest:
-    return small_rank_request(case)
 
 
 @pytest.fixture(scope="module")

@@ -20,21 +20,11 @@ from agent.predict.cloud import CloudAnswer, CloudClient, CloudError, CloudSetti
 from agent.predict.local_model import LocalModel
 from agent.predict.rank_protocol import RankAnswer, RankProtocolError, RankRequest, rank_with_model, request_for
 from agent.predict.vocab import vocabulary
-from harness.cloud_server import RankCase, Servers, gemm_rank_case, small_rank_request
+from harness.cloud_server import RankCase, Servers
 from tests.conftest import ROOT
 
 TEACHER = ROOT / "models" / "edgetune-teacher-q8_0.gguf"
 SLACK_S = 0.2
-
-
-@pytest.fixture(scope="module")
-def case() -> RankCase:
-    return gemm_rank_case()
-
-
-@pytest.fixture(scope="module")
-def small(case: RankCase) -> RankRequest:
-    return small_rank_request(case)
 
 
 @pytest.fixture(scope="module")

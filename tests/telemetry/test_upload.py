@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,6 @@ from tests.conftest import FLEET_BACKENDS, ROOT, run_cli
 from tests.helpers import FINGERPRINT, counts, fill, local_keys, upload, upload_env
 
 pytestmark = pytest.mark.slow  # every test here runs real processes (tuning, a fleet service) for seconds
-
-@pytest.fixture(scope="module")
-def server(fleet_db: str) -> Iterator[FleetServer]:
-    """The fleet service on SQLite and on PostgreSQL (``fleet_db`` is parametrized over both)."""
-    fleet = FleetServer(fleet_db).start()
-    yield fleet
-    fleet.kill()
-
 
 def test_upload_sends_runs_and_tunings_once_and_the_fleet_counts_them_exactly(server, tmp_path):
     name, token = register_device(server)
