@@ -124,6 +124,7 @@ def best_config(kernel: str | KernelSpec, shape: str | Mapping[str, int] | None 
 
         predictor = load_predictor(Path(models) if models else settings.models_dir, settings.cache_dir)
         prediction = predictor.predict(space, profile.to_dict())
+        reasons.append(f"predicted ({prediction.situation}: {prediction.source} ranking first)")
         return BestConfig(config=prediction.candidates[0].config, source="model", confidence=prediction.confidence,
                           reason="; ".join(reasons), **common)
     except (EdgetuneError, ImportError, OSError) as exc:

@@ -81,6 +81,8 @@ class TuneResult:
     winner_predicted_rank: int | None = None
     confidence: float | None = None
     cloud: str | None = None  # model strategy: what asking the cloud gave (None: not asked)
+    situation: str | None = None  # model strategy: seen, unseen-device, unseen-kernel (agent.predict.policy)
+    ranked_by: str | None = None  # model strategy: the source its first candidates came from there
     notes: tuple[str, ...] = ()  # warnings, e.g. a fallback from the model to search
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +163,7 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, backend: B
         winner_median_s=winner.median_s if winner else None,
         default_median_s=final_default.median_s if final_default else None, speedup=speedup, tie=tie,
         details={**timings, "confidence": report.confidence, "cloud": report.cloud,
+                 "situation": report.situation, "ranked_by": report.ranked_by,
                  "winner_source": winner_source, "winner_predicted_rank": winner_rank,
                  "note": "; ".join(report.notes) or None},
     )
@@ -174,5 +177,6 @@ def tune(problem: Problem, *, profile: HardwareProfile, store: Store, backend: B
         device=device, winner=winner, default=final_default, speedup=speedup, tie=tie,
         evaluations=evaluator.evaluations, outcomes=dict(outcomes), wall_s=wall_s, gflops=gflops,
         timings=timings, winner_source=winner_source, winner_predicted_rank=winner_rank,
-        confidence=report.confidence, cloud=report.cloud, notes=report.notes,
+        confidence=report.confidence, cloud=report.cloud, situation=report.situation, ranked_by=report.ranked_by,
+        notes=report.notes,
     )

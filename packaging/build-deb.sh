@@ -80,7 +80,7 @@ find "$venv/lib" -path '*/edgetune-*.dist-info/direct_url.json' -delete
 # 2. Shipped data: only what the device needs from models/, and profiles/.
 share=$venv/share/edgetune
 install -d "$share/models"
-for f in edgetune-student-q4_0.gguf edgetune-cost.onnx confidence.json vocab.json metrics.json README.md; do
+for f in edgetune-student-q4_0.gguf edgetune-cost.onnx confidence.json reuse.json.gz policy.json vocab.json metrics.json README.md; do
     install -m 0644 "$ROOT/models/$f" "$share/models/$f"
 done
 cp -r "$ROOT/profiles" "$share/profiles"

@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agent.bench.measure import MeasureSettings
 from agent.predict.confidence import Calibration
 from agent.predict.model_files import COST_MODEL_FILE, STUDENT_FILE
+from agent.predict.prompt import HardwareDesc, KernelDesc
 from agent.store import RunRecord, Store
+from agent.train.cases import Case
 from tests.conftest import run_cli
 
-__all__ = ["FINGERPRINT", "QUICK", "SHIPPED_MODELS", "committed_runs", "counts", "fill", "local_keys", "model_folder",
-           "run_record", "tuning_record", "upload", "upload_env"]
+__all__ = [
+    "FINGERPRINT",
+    "QUICK",
+    "SHIPPED_MODELS",
+    "committed_runs",
+    "counts",
+    "fill",
+    "local_keys",
+    "make_case",
+    "model_folder",
+    "run_record",
+    "tuning_record",
+    "upload",
+    "upload_env",
+]
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -60,7 +79,8 @@ def tuning_record(key: str, **data: Any) -> dict[str, Any]:
     fields = {"kernel": "gemm", "shape": "M=64,N=64,K=64", "target": "native", "strategy": "model", "budget": "5",
               "evaluations": 5, "wall_s": 2.0, "winner_config": {"BM": 16}, "winner_median_s": 0.001,
               "speedup": 1.5, "predict_s": 0.01, "cloud_s": None, "compile_s": 1.0, "benchmark_s": 0.8,
-              "confidence": 0.9, "cloud": "not configured", "winner_source": "local", "winner_predicted_rank": 0}
+              "confidence": 0.9, "cloud": "not configured", "winner_source": "local", "winner_predicted_rank": 0,
+              "situation": "seen", "ranked_by": "model"}
     return {"key": key, "kind": "tuning", "created_at": "2026-01-02T03:04:05Z", "data": {**fields, **data}}
 
 
@@ -111,3 +131,31 @@ def upload(db: Path, url: str, token: str, *args: str) -> dict[str, int]:
     done = run_cli("upload", "--json", *args, env=upload_env(db, url, token), timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+# -- small measured tables for the replay baselines --------------------------------------------
+CASE_PARAMS = [
+    {"name": "TILE", "role": "tile", "values": [4, 8, 16, 32, 64], "default": 16},
+    {"name": "VEC", "role": "vector", "values": [1, 4, 8], "default": 4},
+    {"name": "ORDER", "role": "order", "values": ["ij", "ji"], "default": "ji"},
+]
+
+
+def make_case(case_id: str, *, cores: int = 4, shift: int = 0, fail: int = 0, sample: int | None = None,
+              seed: int = 0) -> Case:
+    """A gemm-like case whose time depends mostly on TILE (best at 16 << shift)."""
+    names = [p["name"] for p in CASE_PARAMS]
+    configs = [dict(zip(names, v, strict=True)) for v in itertools.product(*(p["values"] for p in CASE_PARAMS))]
+    if sample is not None:
+        rng = np.random.default_rng(seed)
+        configs = [configs[i] for i in sorted(rng.choice(len(configs), sample, replace=False))]
+    best_tile = 16 << shift
+    times = np.array([1e-3 * (1 + abs(math.log2(c["TILE"] / best_tile))) * (1 + 0.01 * c["VEC"])
+                      * (1.0 if c["ORDER"] == "ij" else 1.02) for c in configs])
+    times[:fail] = np.inf
+    hardware = HardwareDesc(kind="cpu", isa="x86_64", vector_bits=256, cores=cores, l1_bytes=32768,
+                            l2_bytes=1 << 20, l3_bytes=1 << 25)
+    kernel = KernelDesc(name="gemm", dimensions=("M", "N"), params_by_role={"tile": 1, "vector": 1, "order": 1})
+    return Case(case_id=case_id, kind="cpu", device="dev", device_name="test cpu", kernel="gemm", kernel_key="gemm-x",
+                shape={"M": 64, "N": 64 << shift}, target="native", cores=cores, hardware=hardware,
+                kernel_info=kernel, params=[dict(p) for p in CASE_PARAMS], configs=configs, times=times)

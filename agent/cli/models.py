@@ -28,8 +28,9 @@ __all__ = ["eval_", "train"]
               help="Write the model card (README.md) from metrics.json and the eval report.")
 @click.option("--smoke", is_flag=True, help="Tiny models and 5 steps: checks the pipeline in seconds (not for use).")
 @click.option("--threads", type=click.IntRange(1), help="PyTorch threads (default: the machine's cores).")
-@click.option("--only", type=click.Choice(["all", "cost-model"]), default="all", show_default=True,
-              help="cost-model: train only the ONNX cost model (seconds), keep the GGUF files.")
+@click.option("--only", type=click.Choice(["all", "cost-model", "reuse"]), default="all", show_default=True,
+              help="cost-model: train only the ONNX cost model (seconds); reuse: write only the measured "
+                   "rankings reuse.json.gz (seconds); both keep the GGUF files.")
 @click.option("--from-fleet", "from_fleet", metavar="URL",
               help="Also train on the fleet's measurements (operator token from EDGETUNE_FLEET_OPERATOR_TOKEN).")
 @click.option("--pull-only", "pull_only", metavar="DIR", type=click.Path(path_type=Path),
@@ -42,7 +43,8 @@ def train(obj: Context, datasets: tuple[Path, ...], out_dir: Path, teacher_steps
     """Train the teacher, the distilled 4-bit student and the cost model on DATASETS (default: models/data/*).
 
     Same datasets and seed, same models. Writes edgetune-student-q4_0.gguf,
-    edgetune-teacher-q8_0.gguf, edgetune-cost.onnx, vocab.json, metrics.json and the model
+    edgetune-teacher-q8_0.gguf, edgetune-cost.onnx, reuse.json.gz (the measured rankings the
+    device reuses where the evaluation says so), vocab.json, metrics.json and the model
     card README.md. A few minutes per model on two cores. --from-fleet URL pulls the fleet's
     runs into a dataset first (kept only with --pull-only DIR, which trains nothing).
     """

@@ -129,6 +129,8 @@ def print_tune_result(result: Any) -> None:
     if result.strategy == "model":
         confidence = "unknown (no calibration)" if result.confidence is None else f"{result.confidence:.2f}"
         console.print(f"confidence: {confidence}; cloud: {result.cloud or 'not asked'}")
+        if result.situation is not None:
+            console.print(f"ranked by: {result.ranked_by} first ({result.situation}; see models/README.md, Policy)")
     if result.timings:
         split = ", ".join(f"{name.removesuffix('_s')} {spent:.2f} s" for name, spent in result.timings.items()
                           if spent)

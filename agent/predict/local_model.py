@@ -25,7 +25,6 @@ equal llama.cpp's own to float rounding. ``logits`` lets the graph run whole.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 from collections.abc import Sequence
@@ -188,8 +187,10 @@ class LocalModel:
             self._model = None
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter exit llama_cpp's globals may already be gone
+        try:
             self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> LocalModel:
         return self

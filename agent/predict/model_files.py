@@ -16,19 +16,23 @@ from pathlib import Path
 
 from agent.settings import default_models_dir
 
-__all__ = ["CONFIDENCE_FILE", "COST_MODEL_FILE", "STUDENT_FILE", "TEACHER_FILE", "model_version"]
+__all__ = ["CONFIDENCE_FILE", "COST_MODEL_FILE", "POLICY_FILE", "REUSE_FILE", "STUDENT_FILE", "TEACHER_FILE",
+           "model_version"]
 
 STUDENT_FILE = "edgetune-student-q4_0.gguf"
 TEACHER_FILE = "edgetune-teacher-q8_0.gguf"
 COST_MODEL_FILE = "edgetune-cost.onnx"
 CONFIDENCE_FILE = "confidence.json"
+REUSE_FILE = "reuse.json.gz"  # measured rankings of the training cases (agent.predict.reuse)
+POLICY_FILE = "policy.json"  # which source ranks in which situation (agent.predict.policy)
 
 # The files whose contents decide what the device's model strategy proposes.
-_PREDICTION_FILES = (STUDENT_FILE, COST_MODEL_FILE, CONFIDENCE_FILE)
+_PREDICTION_FILES = (STUDENT_FILE, COST_MODEL_FILE, CONFIDENCE_FILE, REUSE_FILE, POLICY_FILE)
 
 
 def model_version(model_dir: str | os.PathLike[str] | None = None) -> str | None:
-    """12 hex digits of SHA-256 over the prediction files (student, cost model, calibration); None without a student.
+    """12 hex digits of SHA-256 over the prediction files (student, cost model, calibration, reuse index,
+    policy); None without a student.
 
     Tuning results proposed by the model record it, so a model update can mark them stale.
     """

@@ -9,15 +9,21 @@
 3. lets the ONNX cost model re-rank those candidates when the evaluation said it helps
    (``confidence.json``'s ``use_cost_model``);
 4. computes the calibrated confidence that the first five hold a configuration within 5%
-   of the optimum.
+   of the optimum;
+5. tells the situation (seen device, unseen device, unseen kernel: :mod:`agent.predict.policy`)
+   and, where the held-out evaluation showed another source ranks better there (the measured
+   ranking of the nearest known case, or the cost model over the whole space, diversified),
+   puts that source's picks first, the model's after them.
 
 The model files live in one folder (``models/`` in the repository, installed with the
-package data): the student GGUF, ``edgetune-cost.onnx`` and ``confidence.json``. Only the
-student is required; a missing cost model or calibration is reported in ``warnings``.
+package data): the student GGUF, ``edgetune-cost.onnx``, ``confidence.json``, the measured
+rankings ``reuse.json.gz`` and ``policy.json``. Only the student is required; a missing file
+is reported in ``warnings`` (without a reuse index or a policy, the model ranks everywhere).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -36,9 +42,11 @@ from agent.predict.confidence import Calibration
 from agent.predict.cost_features import config_features
 from agent.predict.cost_model import CostModel
 from agent.predict.local_model import LocalModel
-from agent.predict.model_files import CONFIDENCE_FILE, COST_MODEL_FILE, STUDENT_FILE
+from agent.predict.model_files import CONFIDENCE_FILE, COST_MODEL_FILE, POLICY_FILE, REUSE_FILE, STUDENT_FILE
+from agent.predict.policy import Policy, situation_of
 from agent.predict.prompt import ConfigCodec, HardwareDesc, KernelDesc, hardware_desc, kernel_desc, prompt_tokens
-from agent.predict.ranking import CANDIDATES, RankingFeatures, blend_order, ranking_features
+from agent.predict.ranking import CANDIDATES, RankingFeatures, blend_order, diversified_order, ranking_features
+from agent.predict.reuse import ReuseIndex
 from agent.predict.vocab import vocabulary
 from agent.settings import default_models_dir
 
@@ -49,9 +57,9 @@ class Candidate:
     """One predicted configuration."""
 
     config: Config
-    logp: float  # the student's log-probability of it
+    logp: float | None  # the student's log-probability of it (None: another source proposed it)
     rank: int  # 0-based place in the final ranking
-    source: str = "local"  # local, cloud, refine
+    source: str = "local"  # local (the student), reuse, cost-model, random, cloud, refine
 
     @property
     def key(self) -> str:
@@ -70,12 +78,15 @@ class Prediction:
     space_size: int  # valid configurations the beam searched
     seconds: float
     prompt: tuple[str, ...]  # the prompt's tokens (what the cloud is sent)
+    situation: str = "unknown"  # seen, unseen-device, unseen-kernel (agent.predict.policy)
+    source: str = "model"  # what ranked the first candidates there: model, reuse, cost-model, random
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": [{"config": c.config, "logp": c.logp, "rank": c.rank, "source": c.source}
                                for c in self.candidates],
                 "confidence": self.confidence, "confident": self.confident, "features": asdict(self.features),
-                "cost_model_used": self.cost_model_used, "space_size": self.space_size, "seconds": self.seconds}
+                "cost_model_used": self.cost_model_used, "space_size": self.space_size, "seconds": self.seconds,
+                "situation": self.situation, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -89,8 +100,13 @@ class _Problem:
     prompt: tuple[str, ...]
     prompt_ids: tuple[int, ...]
     configs: tuple[Config, ...]  # the valid configurations
+    keys: frozenset[str]  # their config_key()s
     rows: np.ndarray  # their token ids [N, slots]
     allowed: tuple[tuple[int, ...], ...]
+
+
+def spec_name(space: Space) -> str:
+    return space.problem.spec.name
 
 
 class Predictor:
@@ -116,6 +132,13 @@ class Predictor:
             self.warnings.append(f"{exc}; ranking by the student alone")
         except ImportError:
             self.warnings.append("onnxruntime is not installed; ranking by the student alone")
+        self.reuse: ReuseIndex | None = None
+        self.policy = Policy.model_everywhere()
+        try:
+            self.reuse = ReuseIndex.load(self.model_dir / REUSE_FILE)
+            self.policy = Policy.load(self.model_dir / POLICY_FILE)
+        except ModelFileError as exc:
+            self.warnings.append(f"{exc}; the model ranks in every situation")
         self._problems: dict[tuple, _Problem] = {}
 
     def close(self) -> None:
@@ -146,7 +169,7 @@ class Predictor:
         rows = np.array([codec.encode(c) for c in configs], dtype=np.int64)
         problem = _Problem(hardware=hardware, kernel=kernel, shape=shape, codec=codec, prompt=prompt,
                            prompt_ids=(vocab.bos, *(vocab.id(t) for t in prompt), vocab.config_mark),
-                           configs=configs, rows=rows,
+                           configs=configs, keys=frozenset(config_key(c) for c in configs), rows=rows,
                            allowed=tuple(tuple(dict.fromkeys(s.token_ids)) for s in codec.slots))
         if len(self._problems) > 64:
             self._problems.clear()
@@ -190,13 +213,45 @@ class Predictor:
         order = blend_order(logp, cost) if use_cost and cost is not None else np.arange(len(configs))
         features = ranking_features(logp, cost)
         confidence = self.calibration.probability(features) if self.calibration else None
-        candidates = tuple(Candidate(config=dict(configs[i]), logp=float(logp[i]), rank=r)
-                           for r, i in enumerate(order.tolist()))
+        ranked = [(dict(configs[i]), float(logp[i]), "local") for i in order.tolist()]
+        situation = situation_of(self.reuse, spec_name(space), problem.hardware)
+        source = self.policy.source(situation)
+        picks = self._picks(source, space, problem, max(1, width // 2))  # half the list stays the student's
+        if picks is None:
+            source = "model"
+        else:
+            taken = {config_key(c) for c in picks}
+            ranked = [(c, None, source) for c in picks] + [r for r in ranked if config_key(r[0]) not in taken]
+        share = self.policy.good_share(situation, source)
+        if share is not None:
+            # The share of held-out cases of this situation in which this source's best of five came within 5%
+            # of the optimum: on held-out cases it separates good from bad rankings better than the calibration
+            # of the student's own probabilities does (models/README.md, Policy).
+            confidence = share
+        candidates = tuple(Candidate(config=c, logp=lp, rank=r, source=src)
+                           for r, (c, lp, src) in enumerate(ranked[:width]))
         return Prediction(candidates=candidates, confidence=confidence,
                           confident=bool(confidence is not None and self.calibration is not None
                                          and confidence >= self.calibration.threshold),
                           features=features, cost_model_used=use_cost, space_size=len(problem.configs),
-                          seconds=time.perf_counter() - started, prompt=problem.prompt)
+                          seconds=time.perf_counter() - started, prompt=problem.prompt,
+                          situation=situation, source=source)
+
+    def _picks(self, source: str, space: Space, problem: _Problem, count: int) -> list[Config] | None:
+        """The first ``count`` candidates when ``source`` is not the model; None where it has nothing to offer."""
+        if source == "reuse" and self.reuse is not None:
+            found = self.reuse.ranking(spec_name(space), problem.hardware, problem.shape,
+                                       valid=lambda c: config_key(c) in problem.keys, limit=count)
+            return [c for c, _ in found] or None
+        if source == "cost-model" and self.cost is not None:
+            cost = self.cost.predict(config_features(problem.hardware, problem.kernel, problem.shape, problem.codec,
+                                                     problem.configs))
+            return [dict(problem.configs[i]) for i in diversified_order(-cost, problem.rows)[:count]]
+        if source == "random":
+            seed = int(hashlib.sha256(space.problem.key.encode()).hexdigest()[:8], 16)
+            rows = np.random.default_rng(seed).permutation(len(problem.configs))[:count]
+            return [dict(problem.configs[int(i)]) for i in rows]
+        return None
 
     def score(self, space: Space, profile: Mapping[str, Any], configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The student's log-probability of each configuration (for ordering refinement steps)."""

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CANDIDATES", "RankingFeatures", "blend_order", "ranking_features"]
+__all__ = ["CANDIDATES", "DIVERSITY", "RankingFeatures", "blend_order", "diversified_order", "ranking_features"]
 
 CANDIDATES = 32  # how many of the decoder's best the cost model re-ranks, and the features see
 TOP = 5
+DIVERSITY = 1.0  # weight of "shares values with a pick already made" against the standardised score
+DIVERSE_POOL = 64  # diversified picks come from this many of the best-scored
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -37,6 +39,34 @@ def blend_order(logp: np.ndarray, cost: np.ndarray) -> np.ndarray:
         raise ValueError(f"logp {logp.shape} and cost {cost.shape} differ")
     decoder_rank = _ranks(-logp)
     return np.lexsort((decoder_rank, decoder_rank + _ranks(cost)))
+
+
+def diversified_order(scores: np.ndarray, tokens: np.ndarray, k: int = TOP, *, weight: float = DIVERSITY,
+                      pool: int = DIVERSE_POOL) -> list[int]:
+    """Rows to try, best first: the best-scored, then each pick the best trade of score against
+    likeness to the picks so far (maximal marginal relevance), for ``k`` picks; then the rest by score.
+
+    ``scores``: higher is better, one per row; ``tokens``: [rows, slots] value ids, so likeness is
+    the share of parameters whose value equals a pick's. Five near-copies of one guess cost five
+    evaluations to learn one thing; this spends them on different guesses the score still likes.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    by_score = [int(i) for i in np.argsort(-scores, kind="stable")]
+    if len(by_score) <= 1 or k <= 1:
+        return by_score
+    candidates = np.asarray(by_score[:pool])
+    z = (scores[candidates] - scores[candidates].mean()) / (scores[candidates].std() + 1e-12)
+    rows = np.asarray(tokens)[candidates]
+    likeness = np.zeros(len(candidates))
+    picked = [0]
+    while len(picked) < min(k, len(candidates)):
+        likeness = np.maximum(likeness, (rows == rows[picked[-1]]).mean(axis=1))
+        value = z - weight * 3.0 * likeness
+        value[picked] = -np.inf
+        picked.append(int(np.argmax(value)))
+    first = [int(candidates[i]) for i in picked]
+    chosen = set(first)
+    return first + [i for i in by_score if i not in chosen]
 
 
 @dataclass(frozen=True)

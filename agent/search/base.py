@@ -34,6 +34,8 @@ class StrategyReport:
     confidence: float | None = None  # the model's calibrated confidence in its ranking
     predicted: int = 0  # configurations the model ranked
     cloud: str | None = None  # what asking the cloud gave (None: not asked)
+    situation: str | None = None  # the model strategy's situation: seen, unseen-device, unseen-kernel
+    ranked_by: str | None = None  # what ranked its first candidates there: model, reuse, cost-model, random
     timings: Mapping[str, float] = field(default_factory=dict)  # predict_s, cloud_s
     notes: tuple[str, ...] = ()  # warnings for the user, e.g. a fallback from the model to search
 

@@ -81,9 +81,12 @@ class _Account:
     confidence: float | None = None
     predicted: int = 0
     cloud: str | None = None
+    situation: str | None = None
+    ranked_by: str | None = None
 
     def report(self) -> StrategyReport:
         return StrategyReport(confidence=self.confidence, predicted=self.predicted, cloud=self.cloud,
+                              situation=self.situation, ranked_by=self.ranked_by,
                               timings=dict(self.timings), notes=tuple(self.notes))
 
 
@@ -126,6 +129,7 @@ class ModelStrategy(Strategy):
         account.notes.extend(predictor.warnings)
         account.confidence = prediction.confidence
         account.predicted = len(prediction.candidates)
+        account.situation, account.ranked_by = prediction.situation, prediction.source
         ranked = self._ask_cloud(account, predictor, space, profile, prediction)
         for rank, (config, source) in enumerate(ranked):
             evaluator.label(config, source, rank)
@@ -143,12 +147,15 @@ class ModelStrategy(Strategy):
     def _ask_cloud(self, account: _Account, predictor: Predictor, space: Space, profile: dict[str, Any],
                    prediction: Prediction) -> list[tuple[Config, str]]:
         """The ranking to benchmark: the local one, merged with the cloud's when it was asked and answered."""
-        local = [(c.config, c.logp) for c in prediction.candidates]
+        # The policy's picks (reuse, cost model: sources that beat the model in this situation) stay first;
+        # the cloud re-ranks only the student's own candidates.
+        picks = [(c.config, c.source) for c in prediction.candidates if c.logp is None]
+        local = [(c.config, c.logp) for c in prediction.candidates if c.logp is not None]
         cloud_settings = self.options.cloud
         if prediction.confident or cloud_settings is None:
             if cloud_settings is None and not prediction.confident:
                 account.cloud = "not configured"
-            return [(config, "local") for config, _ in local]
+            return [(c.config, c.source) for c in prediction.candidates]
         from agent.predict.cloud import CloudClient, merge_rankings
         from agent.predict.rank_protocol import request_for
 
@@ -164,9 +171,11 @@ class ModelStrategy(Strategy):
         if answer is None:
             account.cloud = f"failed: {client.last_error}"
             account.notes.append(f"cloud not used: {client.last_error}")
-            return [(config, "local") for config, _ in local]
+            return [(c.config, c.source) for c in prediction.candidates]
         account.cloud = f"answered: {len(answer.configs)} configurations from {answer.model}"
-        return [(dict(config), source) for config, _, source in merge_rankings(local, answer)]
+        taken = {config_key(c) for c, _ in picks}
+        return picks + [(dict(config), source) for config, _, source in merge_rankings(local, answer)
+                        if config_key(config) not in taken]
 
 
 def _profile_dict(evaluator: Evaluator) -> dict[str, Any]:

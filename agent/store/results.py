@@ -56,7 +56,7 @@ class RunRecord:
 
 
 _TUNING_DETAILS = {"predict_s", "cloud_s", "compile_s", "benchmark_s", "confidence", "cloud", "winner_source",
-                   "winner_predicted_rank", "note"}
+                   "winner_predicted_rank", "note", "situation", "ranked_by"}
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:
@@ -187,7 +187,8 @@ class Results(Outbox):
         ``update_best=False`` keeps ``best`` as it is (collection on fewer cores than the
         device has measures an emulated smaller device, not this one). ``details`` fills the
         prediction columns (``predict_s``, ``cloud_s``, ``compile_s``, ``benchmark_s``,
-        ``confidence``, ``cloud``, ``winner_source``, ``winner_predicted_rank``, ``note``).
+        ``confidence``, ``cloud``, ``winner_source``, ``winner_predicted_rank``, ``note``, ``situation``,
+        ``ranked_by``).
         """
         unknown = set(details or {}) - _TUNING_DETAILS
         if unknown:

@@ -119,3 +119,11 @@ def m007_outbox_deferral(db: sqlite_utils.Database) -> None:
     db["outbox"].add_column("deferrals", int, not_null_default=0)
     db["outbox"].add_column("retry_at", str)
     db["outbox"].add_column("deferred_reason", str)
+
+
+@migrations()
+def m008_policy(db: sqlite_utils.Database) -> None:
+    # The model strategy's situation (seen, unseen-device, unseen-kernel) and the source that ranked its first
+    # candidates there (agent.predict.policy): which prior a result came from, for `runs` and the fleet.
+    db["tunings"].add_column("situation", str)
+    db["tunings"].add_column("ranked_by", str)

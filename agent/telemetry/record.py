@@ -35,8 +35,9 @@ __all__ = [
     "tuning_data",
 ]
 
-PROTOCOL = 2  # 2: the envelope names its version; runs and tunings carry ``backend``
-PROTOCOLS = (1, 2)  # the versions this code reads
+PROTOCOL = 3  # 2: the envelope names its version; runs and tunings carry ``backend``; 3: tunings carry
+# ``situation`` and ``ranked_by`` (agent.predict.policy)
+PROTOCOLS = (1, 2, 3)  # the versions this code reads
 
 # T4's "invalidity" vocabulary: why a configuration has no valid time ("correct": it has one).
 STATUSES = ("correct", "compile", "runtime", "timeout", "correctness", "constraints")
@@ -79,6 +80,7 @@ TUNING_FIELDS: tuple[Field, ...] = (
     Field("confidence", "number", optional=True), Field("cloud", "text", optional=True),
     Field("winner_source", "text", optional=True), Field("winner_predicted_rank", "integer", optional=True),
     Field("backend", "text", since=2),
+    Field("situation", "text", optional=True, since=3), Field("ranked_by", "text", optional=True, since=3),
 )
 
 KINDS: Mapping[str, tuple[Field, ...]] = MappingProxyType({"run": RUN_FIELDS, "tuning": TUNING_FIELDS})

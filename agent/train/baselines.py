@@ -6,7 +6,10 @@ computed from orders, so every baseline here only returns one:
 
 * :func:`random_order` (and the exact expectations :func:`random_expectation`,
   :func:`random_expected_evals` of uniform sampling without replacement),
-* :func:`nearest_case_order`: reuse the best configurations of the most similar known cases,
+* :func:`nearest_case_order`: reuse the best configurations of the most similar known cases
+  (prompt distance, neighbours in turn),
+* :func:`reuse_order`: the device's reuse prior (:mod:`agent.predict.reuse`): the nearest known
+  case by hardware, then shape, distance, its whole measured ranking first,
 * :class:`CostModelBaseline`: a TVM-style gradient-boosted cost model (LightGBM) ranking the table,
 * OpenTuner and Kernel Tuner replayed on the table: :mod:`agent.train.search_baselines`.
 
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from agent.predict.cost_features import config_features
+from agent.predict.reuse import KEEP_PER_CASE, MeasuredCase, reuse_ranking
 from agent.train.cases import Case
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "random_expectation",
     "random_expected_evals",
     "random_order",
+    "reuse_order",
     "row_index",
 ]
 
@@ -192,6 +197,37 @@ def nearest_case_order(case: Case, known: Sequence[Case], budget: int, seed: int
     if len(order) < budget and all("default" in p for p in case.params):
         i = index.get(config_row_key({p["name"]: p["default"] for p in case.params}, names))  # type: ignore[arg-type]
         if i is not None and i not in chosen:
+            order.append(i)
+    fill_random(order, n, budget, seed)
+    return order[:budget]
+
+
+def measured_case(case: Case, keep: int = KEEP_PER_CASE) -> MeasuredCase:
+    """``case`` as the reuse prior sees a known case: its ``keep`` fastest correct configurations."""
+    finite = np.flatnonzero(np.isfinite(case.times))
+    ranked = finite[np.argsort(case.times[finite], kind="stable")][:keep]
+    return MeasuredCase(kernel=case.kernel, shape=dict(case.shape), hardware=case.hardware,
+                        ranked=tuple(dict(case.configs[int(i)]) for i in ranked), source=case.case_id)
+
+
+def reuse_order(case: Case, known: Sequence[Case], budget: int, seed: int = 0) -> list[int]:
+    """The device's reuse prior replayed: :func:`agent.predict.reuse.reuse_ranking` over ``known``
+    (never ``case`` itself), rows of this table only, then the default, then seeded random rows."""
+    n = len(case.configs)
+    budget = min(budget, n)
+    names = [p["name"] for p in case.params]
+    index = row_index(case)
+    pool = [measured_case(k) for k in known if k.case_id != case.case_id and k.kernel == case.kernel]
+
+    def in_table(config: Mapping[str, Any]) -> bool:
+        return config_row_key(config, names) in index
+
+    order: list[int] = []
+    for config, _ in reuse_ranking(pool, case.kernel, case.hardware, case.shape, valid=in_table, limit=budget):
+        order.append(index[config_row_key(config, names)])  # type: ignore[index]
+    if len(order) < budget and all("default" in p for p in case.params):
+        i = index.get(config_row_key({p["name"]: p["default"] for p in case.params}, names))  # type: ignore[arg-type]
+        if i is not None and i not in order:
             order.append(i)
     fill_random(order, n, budget, seed)
     return order[:budget]

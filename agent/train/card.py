@@ -33,7 +33,11 @@ def card_text(metrics: dict[str, Any], report: dict[str, Any] | None) -> str:
         *([f"| `{metrics['cost_model']['file']}` | cost model: LightGBM trees ({metrics['cost_model']['trees']}) in "
            f"ONNX, predicts log(time / best) | | {metrics['cost_model']['file_kb']:.0f} KB |"]
           if metrics.get("cost_model") else []),
+        *([f"| `{metrics['reuse']['file']}` | measured rankings of the {metrics['reuse']['cases']} training cases "
+           f"(16 fastest each): the reuse prior, and how the device tells its situation | | "
+           f"{metrics['reuse']['file_kb']:.0f} KB |"] if metrics.get("reuse") else []),
         "| `confidence.json` | calibration of the agent's confidence (from `edgetune eval`) | | |",
+        "| `policy.json` | which source ranks first in which situation (from `edgetune eval`) | | |",
         "| `vocab.json` | the closed vocabulary (version, SHA-256, tokens) | | |",
         "| `metrics.json` | sizes, training curves, agreement figures | | |", "",
         "## What the models do", "",
@@ -114,6 +118,22 @@ def card_text(metrics: dict[str, Any], report: dict[str, Any] | None) -> str:
                               f"{base * (1 - base):.3f} for always predicting the base rate {base:.2f}"
                               + (" (no better: it finds a few sure cases, and says little about the rest)."
                                  if confidence["brier"] >= base * (1 - base) else "."))
+        policy = report.get("policy")
+        if policy:
+            lines += ["", "Policy (`policy.json`): per situation, the source with the best pooled held-out best-of-5 "
+                      "ranks the first candidates, the student's ranking after them: "
+                      + "; ".join(f"{situation} ({', '.join(e['splits'])}, {e['cases']} cases): "
+                                  f"**{policy['choices'][situation]}** "
+                                  f"({', '.join(f'{src} {v:.3f}' for src, v in e['best_of_5'].items())})"
+                                  for situation, e in policy["evidence"].items())
+                      + ". Chosen on these held-out cases, so the winners' figures are a little optimistic."]
+            conf = policy.get("confidence")
+            if conf:
+                lines[-1] += (f" The confidence a device reports is the chosen source's share of good held-out cases "
+                              f"in its situation (compared with the threshold above): Brier {conf['brier']:.3f} "
+                              f"({conf['brier_left_out']:.3f} leaving each case out of its own share) against "
+                              f"{conf['base_brier']:.3f} for the base rate {conf['good_share']:.2f}, AUC "
+                              f"{conf['auc']:.2f}; it tells situations apart, not cases within one.")
         lines += ["", "The full tables, per-case results and the plot are in `eval/`.", ""]
     lines += [
         "## Limits", "",

@@ -46,8 +46,8 @@ def train(*, datasets: Sequence[str | Path] = (), out_dir: Path, teacher_steps: 
           threads: int | None = None, only: str = "all", from_fleet: str | None = None, fleet_token: str = "",
           on_pull: Callable[[str, Path, Mapping[str, Any]], None] | None = None,
           log: Log = print) -> dict[str, Any]:
-    """Train the models on ``datasets`` into ``out_dir``; returns the metrics (``only="cost-model"``:
-    the cost model's entry).
+    """Train the models on ``datasets`` into ``out_dir``; returns the metrics (``only="cost-model"`` or
+    ``"reuse"``: that file's entry).
 
     ``from_fleet`` adds the fleet's runs, pulled into a scratch dataset first (``on_pull(url, folder,
     manifest)`` is told of it).
@@ -66,10 +66,13 @@ def train(*, datasets: Sequence[str | Path] = (), out_dir: Path, teacher_steps: 
                          only=only, log=log)
     from agent.train.card import write_card
     from agent.train.fit import TrainRun
-    from agent.train.pipeline import train_and_export, train_cost_model
+    from agent.train.pipeline import train_and_export, train_cost_model, write_reuse_index
 
-    if only == "cost-model":
-        entry = train_cost_model(training_datasets(datasets), out_dir, seed=seed, log=log)
+    if only in ("cost-model", "reuse"):
+        if only == "cost-model":
+            entry = train_cost_model(training_datasets(datasets), out_dir, seed=seed, log=log)
+        else:
+            entry = write_reuse_index(training_datasets(datasets), out_dir, log=log)
         if card and (out_dir / "edgetune-student-q4_0.gguf").is_file():
             write_card(out_dir)
         return entry
@@ -90,7 +93,8 @@ def evaluate_models(*, datasets: Sequence[str | Path] = (), out_dir: Path, folds
     """Evaluate on held-out folds into ``out_dir``; returns the report.
 
     When ``out_dir`` sits in a trained models folder (``models/eval``), refresh its model card,
-    and after a full run (not ``quick``, every fold) install the calibration as its ``confidence.json``.
+    and after a full run (not ``quick``, every fold) install the calibration as its ``confidence.json``
+    and the policy as its ``policy.json``.
     """
     require_training_modules()
     from agent.train.card import write_card
@@ -101,8 +105,10 @@ def evaluate_models(*, datasets: Sequence[str | Path] = (), out_dir: Path, folds
         options = replace(options, run=options.run.tiny(20), max_cases=3)
     report = evaluate(training_datasets(datasets), out_dir, options, log=log, jobs=jobs, fresh=fresh)
     if (out_dir.parent / "metrics.json").is_file():
-        calibration = out_dir / "calibration.json"
+        calibration, policy = out_dir / "calibration.json", out_dir / "policy.json"
         if calibration.is_file() and not quick and not folds:
             shutil.copyfile(calibration, out_dir.parent / "confidence.json")
+            if policy.is_file():
+                shutil.copyfile(policy, out_dir.parent / "policy.json")
         write_card(out_dir.parent)
     return report

@@ -4,6 +4,11 @@ For every held-out case each method gives an evaluation order over the measured 
 (the configurations it would benchmark, in turn). From the order: best-of-k over the
 exhaustive optimum for k = 1, 3, 5, and how many evaluations reach 95% and 99% of it.
 Random search is scored by its exact expectation, not by a sample.
+
+The methods that need no trained decoder (reuse of the nearest measured case, the cost model
+over the whole table, diversified) are replayed afresh for every fold, also for folds reused
+from disk: they take seconds. From all of it, the policy (:mod:`agent.predict.policy`): per
+situation, the source a device should rank with.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from agent.predict.cost_features import config_features
 from agent.predict.cost_model import CostModel
 from agent.predict.local_model import LocalModel
 from agent.predict.model_files import COST_MODEL_FILE
-from agent.predict.ranking import CANDIDATES, blend_order, ranking_features
+from agent.predict.ranking import CANDIDATES, blend_order, diversified_order, ranking_features
 from agent.predict.vocab import vocabulary
 from agent.train import baselines, search_baselines
 from agent.train.calibrate import calibrate
@@ -37,6 +42,7 @@ from agent.train.cost_model import export_onnx, fit_cost_model
 from agent.train.fit import TrainRun, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
 from agent.train.model import Decoder
+from agent.train.policy_eval import DIVERSE_COST_METHOD, RANDOM_METHOD, REUSE_METHOD, choose_policy, policy_confidence
 from agent.train.rank import model_order, table_order
 from agent.train.splits import SPLITS, Fold, make_folds
 
@@ -46,8 +52,10 @@ KS = (1, 3, 5)
 Q4_METHOD = "student Q4 (llama.cpp)"
 COST_METHOD = "cost model (ONNX)"
 BLEND_METHOD = "student Q4 + cost model re-rank"
+MODEL_FREE = (REUSE_METHOD, DIVERSE_COST_METHOD)
 FRACTIONS = (0.95, 0.99)
 CALIBRATION_FILE = "calibration.json"
+POLICY_FILE = "policy.json"
 
 
 @dataclass(frozen=True)
@@ -156,8 +164,7 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
         cost = CostModel(export_onnx(fit_cost_model(fold.train), Path(tmp) / COST_MODEL_FILE))
         for split, tests in fold.tests.items():
             hide = split in fold.hidden_names
-            if options.max_cases:
-                tests = tests[:: max(1, len(tests) // options.max_cases)][: options.max_cases]
+            tests = _replayed(tests, options)
             per_method = results.setdefault(split, {})
             for number, case in enumerate(tests, start=1):
                 plans: dict[str, tuple[Callable[..., Sequence[int]], tuple]] = {
@@ -193,7 +200,7 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
                             per_method.setdefault(method, []).append(metrics)
                         for method in (Q4_METHOD, BLEND_METHOD):
                             per_method[method][-1].update(fold=fold.name, features=features)
-                per_method.setdefault("random (exact expectation)", []).append(_random_metrics(case))
+                per_method.setdefault(RANDOM_METHOD, []).append(_random_metrics(case))
                 per_method.setdefault("exhaustive", []).append(_exhaustive_metrics(case))
                 if number % 10 == 0 or number == len(tests):
                     log(f"[{fold.name}] {split}: {number}/{len(tests)} cases ({time.monotonic() - started:.0f} s)")
@@ -201,6 +208,40 @@ def evaluate_fold(fold: Fold, options: EvalOptions, log: Callable[[str], None]) 
             local.close()
     return {"splits": results, "errors": errors, "train_cases": len(fold.train),
             "wall_s": round(time.monotonic() - started, 1)}
+
+
+def _replayed(tests: list[Case], options: EvalOptions) -> list[Case]:
+    """The held-out cases a fold replays (an even spread of ``max_cases`` of them when set)."""
+    if options.max_cases:
+        return tests[:: max(1, len(tests) // options.max_cases)][: options.max_cases]
+    return tests
+
+
+def model_free_methods(fold: Fold, options: EvalOptions, log: Callable[[str], None]) -> dict[str, dict[str, list]]:
+    """Replay the methods that need no decoder on ``fold``: ``{split: {method: [per-case metrics]}}``.
+
+    Reuse is the device's own prior (:func:`agent.train.baselines.reuse_order`); the diversified
+    cost model is what the device runs over a whole space (:func:`agent.predict.ranking.diversified_order`
+    over the fold's own ONNX cost model's predictions).
+    """
+    started = time.monotonic()
+    out: dict[str, dict[str, list]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgetune-eval-") as tmp:
+        cost = CostModel(export_onnx(fit_cost_model(fold.train), Path(tmp) / COST_MODEL_FILE))
+        for split, tests in fold.tests.items():
+            hide = split in fold.hidden_names
+            per_method = out.setdefault(split, {})
+            for case in _replayed(tests, options):
+                order, wall = _timed(baselines.reuse_order, case, fold.train, options.budget)
+                per_method.setdefault(REUSE_METHOD, []).append(_metrics(case, order, wall))
+                t0 = time.perf_counter()
+                predicted = cost.predict(config_features(case.hardware, case.kernel_info, case.shape, case.codec,
+                                                         case.configs, hide_name=hide))
+                order = diversified_order(-predicted, case.tokens)
+                per_method.setdefault(DIVERSE_COST_METHOD, []).append(
+                    _metrics(case, order, time.perf_counter() - t0))
+    log(f"[{fold.name}] model-free methods in {time.monotonic() - started:.0f} s")
+    return out
 
 
 def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
@@ -268,7 +309,9 @@ def evaluate(datasets: Sequence[str], out_dir: str | Path, options: EvalOptions,
             outcomes[fold.name] = evaluate_fold(fold, options, log)
             _save_fold(out, fold.name, outcomes[fold.name])
     for fold in folds:
+        fresh_rows = model_free_methods(fold, options, log)
         for split, methods in outcomes[fold.name]["splits"].items():
+            methods = {**{m: r for m, r in methods.items() if m not in MODEL_FREE}, **fresh_rows.get(split, {})}
             for method, rows in methods.items():
                 merged.setdefault(split, {}).setdefault(method, []).extend(rows)
     report = {
@@ -294,6 +337,10 @@ def evaluate(datasets: Sequence[str], out_dir: str | Path, options: EvalOptions,
             calibration, validation = calibrate(records, use_cost_model=ablation["use_cost_model"])
             report["confidence"] = {"method": deployed, **validation}
             calibration.save(out / CALIBRATION_FILE)
+        policy = choose_policy(merged, deployed)
+        report["policy"] = {"choices": dict(policy.choices), "evidence": dict(policy.evidence), "model": deployed,
+                            "confidence": policy_confidence(merged, policy, deployed)}
+        policy.save(out / POLICY_FILE)
     from agent.train.report import write_report
 
     write_report(report, Path(out_dir))

@@ -36,7 +36,7 @@ from agent.train.fit import TrainRun, score_case, slot_allowed, train_model
 from agent.train.gguf_export import quantize_gguf, write_gguf
 from agent.train.model import Decoder
 
-__all__ = ["STUDENT_FILE", "TEACHER_FILE", "train_and_export", "train_cost_model"]
+__all__ = ["STUDENT_FILE", "TEACHER_FILE", "train_and_export", "train_cost_model", "write_reuse_index"]
 
 AGREEMENT_CASES = 24
 
@@ -144,6 +144,7 @@ def train_and_export(datasets: Sequence[str], out_dir: str | Path, run: TrainRun
     _write_json(out / "vocab.json", {"version": vocab.version, "digest": vocab.digest(), "tokens": list(vocab.tokens)})
     _write_json(out / "metrics.json", metrics)
     train_cost_model(datasets, out, seed=run.student_train.seed, log=log, cases=cases)
+    write_reuse_index(datasets, out, log=log, cases=cases)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     log(f"wrote {out / STUDENT_FILE} ({metrics['student']['file_mb']} MB) and {out / TEACHER_FILE} "
         f"({metrics['teacher']['file_mb']} MB) in {metrics['wall_s']:.0f} s")
@@ -184,4 +185,26 @@ def train_cost_model(datasets: Sequence[str], out_dir: str | Path, *, seed: int 
     metrics["cost_model"] = entry
     _write_json(metrics_path, metrics)
     log(f"wrote {path} ({entry['file_kb']} KB, {entry['trees']} trees) in {entry['train_s']:.0f} s")
+    return entry
+
+
+def write_reuse_index(datasets: Sequence[str], out_dir: str | Path, *, log: Callable[[str], None] = print,
+                      cases: Sequence[Case] | None = None) -> dict[str, Any]:
+    """Write ``reuse.json.gz``: every case's fastest configurations, the device's reuse prior and the
+    policy's test of which situation a prediction is in; its entry goes in ``metrics.json``."""
+    from agent.predict.model_files import REUSE_FILE
+    from agent.predict.reuse import ReuseIndex
+    from agent.train.baselines import measured_case
+
+    out = Path(out_dir)
+    cases = list(cases) if cases is not None else load_cases(datasets)
+    index = ReuseIndex([measured_case(c) for c in cases])
+    index.save(out / REUSE_FILE)
+    entry = {"file": REUSE_FILE, "cases": len(index.cases), "kernels": sorted(index.kernels),
+             "file_kb": round((out / REUSE_FILE).stat().st_size / 1024, 1)}
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    metrics["reuse"] = entry
+    _write_json(metrics_path, metrics)
+    log(f"wrote {out / REUSE_FILE} ({entry['cases']} cases, {entry['file_kb']} KB)")
     return entry

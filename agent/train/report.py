@@ -48,7 +48,7 @@ def markdown_report(report: dict[str, Any]) -> str:
                          f"{_fmt(s['best_of_5'])} | {_fmt(s['evals_to_0.95'], 1)} | {_fmt(s['reached_0.95'], 2)} | "
                          f"{_fmt(s['evals_to_0.99'], 1)} | {_fmt(s['reached_0.99'], 2)} | "
                          f"{_fmt(s['wall_ms_median'], 1)} |")
-    lines += _ablation_lines(report) + _confidence_lines(report)
+    lines += _ablation_lines(report) + _confidence_lines(report) + _policy_lines(report)
     if report.get("errors"):
         lines += ["", "## Failures", "", "A method that failed on a case is left out of that case's row above:", ""]
         lines += [f"- {e['fold']} / {e['split']} / {e['method']} on `{e['case']}`: {e['error']}"
@@ -67,6 +67,33 @@ def _ablation_lines(report: dict[str, Any]) -> list[str]:
             f"Rule fixed before the run: {ablation['rule']}. Verdict: "
             + ("**kept** (the agent re-ranks its candidates with it)." if ablation["use_cost_model"] else
                "**not kept** (the agent ranks by the student alone; the cost model only feeds confidence).")]
+
+
+def _policy_lines(report: dict[str, Any]) -> list[str]:
+    policy = report.get("policy")
+    if not policy:
+        return []
+    lines = ["", "## Policy: which source ranks in which situation", "",
+             f"The model is `{policy['model']}`. Per situation, the source with the highest pooled geometric-mean "
+             "best-of-5 over the held-out cases of its splits ranks first on the device (`policy.json`); "
+             "\"good\" is the share of those cases within 5% of the optimum, the confidence a device reports "
+             "for a source other than the model. The choice is made on these same held-out cases, so the "
+             "winner's figure is a little optimistic.", "",
+             "| situation | splits | cases | chosen | model | reuse | cost-model | random |",
+             "|---|---|---|---|---|---|---|---|"]
+    for situation, evidence in policy["evidence"].items():
+        cells = [f"{_fmt(evidence['best_of_5'].get(s))} ({_fmt(evidence.get('good', {}).get(s), 2)} good)"
+                 if s in evidence["best_of_5"] else "-" for s in ("model", "reuse", "cost-model", "random")]
+        lines.append(f"| {situation} | {', '.join(evidence['splits'])} | {evidence['cases']} | "
+                     f"**{policy['choices'][situation]}** | " + " | ".join(cells) + " |")
+    conf = policy.get("confidence")
+    if conf:
+        lines += ["", f"The confidence a device reports is its source's good share in its situation. Over the "
+                  f"{conf['cases']} held-out cases with the policy applied ({conf['good_share']:.2f} good): Brier "
+                  f"{conf['brier']:.3f} ({conf['brier_left_out']:.3f} with each case left out of its own share), "
+                  f"against {conf['base_brier']:.3f} for the base rate; AUC {_fmt(conf['auc'])} (it tells the "
+                  "situations apart, not cases within one)."]
+    return lines
 
 
 def _confidence_lines(report: dict[str, Any]) -> list[str]:

@@ -31,7 +31,7 @@ def test_migrations_are_recorded_and_reopening_keeps_data(db_path: Path):
         assert store.count("runs") == 1
         applied = [r["name"] for r in store.db["_sqlite_migrations"].rows]
         assert applied == ["m001_initial", "m002_cores_and_imports", "m003_prediction",
-                           "m004_outbox", "m005_daemon", "m006_backend", "m007_outbox_deferral"]
+                           "m004_outbox", "m005_daemon", "m006_backend", "m007_outbox_deferral", "m008_policy"]
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -23,7 +23,7 @@ from agent.telemetry.record import PROTOCOL, PROTOCOLS
 from harness.fleet_server import FleetServer, register_device
 from harness.newer_fleet import NEWER_PROTOCOL
 from tests.conftest import FLEET_BACKENDS
-from tests.helpers import FINGERPRINT, counts, fill, run_record, upload
+from tests.helpers import FINGERPRINT, counts, fill, run_record, tuning_record, upload
 
 NEWER_RUN = f"run:{FINGERPRINT}:next-release:1"
 POWER = f"power:{FINGERPRINT}:next-release:1"
@@ -149,3 +149,15 @@ def test_the_store_sends_exactly_the_record_the_fleet_checks(store):
         assert set(record["data"]) == {f.name for f in KINDS[record["kind"]]}
         verdict = check_record(record, protocol=PROTOCOL, acceptance=Acceptance())
         assert (verdict.outcome, verdict.extra, verdict.data) == ("accept", None, record["data"])
+
+
+def test_a_tuning_from_a_protocol_2_device_needs_no_policy_fields() -> None:
+    # Devices from before the policy (protocol 2) send no situation or ranked_by; the fleet still takes them.
+    from agent.fleet.protocol import Acceptance, check_record
+
+    record = tuning_record("tuning:old:1", backend="c")
+    for name in ("situation", "ranked_by"):
+        record["data"].pop(name)
+    assert check_record(record, protocol=2, acceptance=Acceptance()).outcome == "accept"
+    verdict = check_record(record, protocol=PROTOCOL, acceptance=Acceptance())
+    assert verdict.outcome != "accept" and "situation" in str(verdict.reason)

@@ -9,36 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.predict.prompt import HardwareDesc, KernelDesc
 from agent.train import baselines as B
 from agent.train import search_baselines as S
 from agent.train.cases import Case
-
-PARAMS = [
-    {"name": "TILE", "role": "tile", "values": [4, 8, 16, 32, 64], "default": 16},
-    {"name": "VEC", "role": "vector", "values": [1, 4, 8], "default": 4},
-    {"name": "ORDER", "role": "order", "values": ["ij", "ji"], "default": "ji"},
-]
-
-
-def make_case(case_id: str, *, cores: int = 4, shift: int = 0, fail: int = 0, sample: int | None = None,
-              seed: int = 0) -> Case:
-    """A gemm-like case whose time depends mostly on TILE (best at 16 << shift)."""
-    names = [p["name"] for p in PARAMS]
-    configs = [dict(zip(names, v, strict=True)) for v in itertools.product(*(p["values"] for p in PARAMS))]
-    if sample is not None:
-        rng = np.random.default_rng(seed)
-        configs = [configs[i] for i in sorted(rng.choice(len(configs), sample, replace=False))]
-    best_tile = 16 << shift
-    times = np.array([1e-3 * (1 + abs(math.log2(c["TILE"] / best_tile))) * (1 + 0.01 * c["VEC"])
-                      * (1.0 if c["ORDER"] == "ij" else 1.02) for c in configs])
-    times[:fail] = np.inf
-    hardware = HardwareDesc(kind="cpu", isa="x86_64", vector_bits=256, cores=cores, l1_bytes=32768,
-                            l2_bytes=1 << 20, l3_bytes=1 << 25)
-    kernel = KernelDesc(name="gemm", dimensions=("M", "N"), params_by_role={"tile": 1, "vector": 1, "order": 1})
-    return Case(case_id=case_id, kind="cpu", device="dev", device_name="test cpu", kernel="gemm", kernel_key="gemm-x",
-                shape={"M": 64, "N": 64 << shift}, target="native", cores=cores, hardware=hardware,
-                kernel_info=kernel, params=[dict(p) for p in PARAMS], configs=configs, times=times)
+from tests.helpers import make_case
 
 
 def check_order(order: list[int], case: Case, budget: int) -> None:

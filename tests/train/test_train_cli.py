@@ -85,7 +85,17 @@ def test_eval_quick_writes_a_report(tmp_path: Path, small_dataset: Path) -> None
     methods = report["splits"]["shape"]["methods"]
     assert {"student", "teacher", "student Q4 (llama.cpp)", "random (exact expectation)", "nearest case",
             "cost model (LightGBM)", "exhaustive", "cost model (ONNX)",
-            "student Q4 + cost model re-rank"} <= set(methods)
+            "student Q4 + cost model re-rank", "reuse (nearest measured case)",
+            "cost model (ONNX), diversified"} <= set(methods)
+    # The policy: a source per situation the shape+simd fold speaks to, with the figures it was chosen on.
+    policy = json.loads((out / "policy.json").read_text())
+    assert set(policy["evidence"]) == {"seen", "unseen-device"}
+    for situation, evidence in policy["evidence"].items():
+        assert evidence["best_of_5"][policy["choices"][situation]] == max(evidence["best_of_5"].values())
+    assert "## Policy" in (out / "report.md").read_text()
+    confidence = json.loads((out / "report.json").read_text())["policy"]["confidence"]
+    assert 0.0 <= confidence["brier"] <= 1.0 and confidence["base_brier"] == pytest.approx(
+        confidence["good_share"] * (1 - confidence["good_share"]))
     # The ablation decides on the cost model, and the confidence calibration is written with its curve.
     assert isinstance(report["ablation"]["use_cost_model"], bool)
     assert report["confidence"]["curve"] and 0.0 <= report["confidence"]["threshold"] <= 1.0
@@ -99,4 +109,9 @@ def test_eval_quick_writes_a_report(tmp_path: Path, small_dataset: Path) -> None
     assert (out / "folds" / "shape+simd.json").is_file()
     again = run_cli("eval", str(small_dataset), "-o", str(out), "--quick", "--fold", "shape+simd", timeout=600)
     assert again.returncode == 0 and "reusing" in again.stderr, again.stderr
-    assert json.loads((out / "report.json").read_text())["splits"] == report["splits"]
+    # The same figures (the decoder-free methods are replayed afresh, so only their wall times may differ).
+    def figures(splits: dict) -> dict:
+        return {split: {m: {k: v for k, v in s.items() if k != "wall_ms_median"} for m, s in data["methods"].items()}
+                for split, data in splits.items()}
+
+    assert figures(json.loads((out / "report.json").read_text())["splits"]) == figures(report["splits"])
