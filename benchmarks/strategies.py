@@ -13,6 +13,9 @@ little above = noise). Times of one configuration from different runs are never 
     .venv/bin/python benchmarks/strategies.py [--cases KERNEL:SHAPE ...] [--strategies NAME[:BUDGET] ...]
         [--seed 0] [--markdown] [--json FILE] [--quick]
 
+``model-only:N`` is the model strategy without its policy (the student's ranking first in every
+situation), for comparing the policy with what the strategy did before it.
+
 ``--quick`` is a smoke run: one tiny case, budgets 3 and 10. The default set takes long (a
 full exhaustive search per case): see ``DEFAULT_CASES``. Not a test: nothing asserts.
 """
@@ -23,11 +26,12 @@ import argparse
 import gzip
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +43,17 @@ from agent.hardware.targets import target_vector_bits
 from agent.kernels.problem import Problem, parse_shape
 from agent.kernels.registry import find_kernel
 from agent.kernels.space import Space, config_key
+from agent.predict.model_files import POLICY_FILE
 from agent.search import get_strategy
+from agent.search.model_guided import ModelOptions
 from agent.settings import Settings
 from agent.store import Store
 from agent.tuner import Budget, TuneOptions, tune
 
-DATASET = Path(__file__).resolve().parents[1] / "models" / "data" / "cpu-epyc-avx512-2026-11-25"
+MODELS = Path(__file__).resolve().parents[1] / "models"
+DATASET = MODELS / "data" / "cpu-epyc-avx512-2026-11-25"
+# Strategy names this benchmark adds: the model strategy without its policy (the student first everywhere).
+VARIANTS = {"model-only": "model"}
 # Held-out cases: named shapes of the built-in kernels that the dataset does not hold.
 # The first five have the smallest spaces (144-420 legal configurations on 2 threads).
 HELD_OUT = {
@@ -102,7 +111,7 @@ def main() -> int:
     runnable = []
     for text in strategies:
         try:
-            get_strategy(text.partition(":")[0])
+            get_strategy(VARIANTS.get(text.partition(":")[0], text.partition(":")[0]))
             runnable.append(text)
         except EdgetuneError as exc:
             notes.append(f"skipped {text}: {exc}")
@@ -129,6 +138,17 @@ def main() -> int:
     return 0
 
 
+def models_without_policy() -> Path:
+    """The shipped model folder without ``policy.json``: the student ranks first in every situation."""
+    folder = Path(tempfile.gettempdir()) / f"edgetune-models-without-policy-{os.getpid()}"
+    if not folder.is_dir():
+        folder.mkdir()
+        for path in MODELS.iterdir():
+            if path.is_file() and path.name != POLICY_FILE:
+                (folder / path.name).symlink_to(path)
+    return folder
+
+
 def held_out_problem(text: str) -> Problem:
     """``KERNEL:SHAPE`` as a problem; refuses a shape the committed dataset holds for that kernel."""
     kernel, _, shape = text.partition(":")
@@ -153,7 +173,9 @@ def run_strategy(case: str, problem: Problem, text: str, profile: HardwareProfil
     """One tuning run in its own temporary store and compile cache; errors are recorded, not raised."""
     name, _, budget = text.partition(":")
     run = Run(case=case, strategy=text)
-    options = TuneOptions(strategy=name, budget=Budget.parse(budget or "all"), seed=seed)
+    options = TuneOptions(strategy=VARIANTS.get(name, name), budget=Budget.parse(budget or "all"), seed=seed)
+    if name == "model-only":
+        options = replace(options, strategy_options=ModelOptions(models=models_without_policy()))
     with tempfile.TemporaryDirectory(prefix="edgetune-strategies-") as tmp, \
             Store.open(Path(tmp) / "tune.db") as store:
         started = time.perf_counter()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelFileError
-from agent.predict.model_files import CONFIDENCE_FILE
+from agent.predict.model_files import CONFIDENCE_FILE, write_json
 from agent.predict.ranking import RankingFeatures
 
 __all__ = ["CONFIDENCE_FILE", "Calibration"]
@@ -45,10 +45,7 @@ class Calibration:
         return self.probability(features) >= self.threshold
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(partial, path)
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Calibration:

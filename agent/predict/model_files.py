@@ -10,14 +10,16 @@ model version without loading a model.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from agent.settings import default_models_dir
 
 __all__ = ["CONFIDENCE_FILE", "COST_MODEL_FILE", "POLICY_FILE", "REUSE_FILE", "STUDENT_FILE", "TEACHER_FILE",
-           "model_version"]
+           "model_version", "write_json"]
 
 STUDENT_FILE = "edgetune-student-q4_0.gguf"
 TEACHER_FILE = "edgetune-teacher-q8_0.gguf"
@@ -62,3 +64,11 @@ def _digest(folder: str, stamps: tuple[tuple[str, int, int], ...]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:12]
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write a model folder's JSON file whole or not at all (a reader never sees half of it); keys sorted."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)

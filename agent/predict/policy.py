@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelFileError
-from agent.predict.model_files import POLICY_FILE
+from agent.predict.model_files import POLICY_FILE, write_json
 from agent.predict.prompt import HardwareDesc
 from agent.predict.reuse import ReuseIndex, same_hardware
 
@@ -96,10 +96,7 @@ class Policy:
         return cls(choices={**cls.model_everywhere().choices, **choices}, evidence=evidence)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(partial, path)
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Policy:

@@ -152,6 +152,17 @@ def fill_random(order: list[int], n: int, budget: int, seed: int) -> None:
             chosen.add(int(i))
 
 
+def _then_default_and_random(case: Case, order: list[int], budget: int, seed: int) -> list[int]:
+    """``order`` filled up to ``budget``: the space's default configuration next, then seeded random rows."""
+    names = [p["name"] for p in case.params]
+    if len(order) < budget and all("default" in p for p in case.params):
+        i = row_index(case).get(config_row_key({p["name"]: p["default"] for p in case.params}, names))  # type: ignore[arg-type]
+        if i is not None and i not in order:
+            order.append(i)
+    fill_random(order, len(case.configs), budget, seed)
+    return order[:budget]
+
+
 def nearest_case_order(case: Case, known: Sequence[Case], budget: int, seed: int = 0) -> list[int]:
     """Reuse the best configurations of the nearest known cases.
 
@@ -194,12 +205,7 @@ def nearest_case_order(case: Case, known: Sequence[Case], budget: int, seed: int
                     break
         pool = [k for k, _ in alive]
         rankings = [r for _, r in alive]
-    if len(order) < budget and all("default" in p for p in case.params):
-        i = index.get(config_row_key({p["name"]: p["default"] for p in case.params}, names))  # type: ignore[arg-type]
-        if i is not None and i not in chosen:
-            order.append(i)
-    fill_random(order, n, budget, seed)
-    return order[:budget]
+    return _then_default_and_random(case, order, budget, seed)
 
 
 def measured_case(case: Case, keep: int = KEEP_PER_CASE) -> MeasuredCase:
@@ -225,12 +231,7 @@ def reuse_order(case: Case, known: Sequence[Case], budget: int, seed: int = 0) -
     order: list[int] = []
     for config, _ in reuse_ranking(pool, case.kernel, case.hardware, case.shape, valid=in_table, limit=budget):
         order.append(index[config_row_key(config, names)])  # type: ignore[index]
-    if len(order) < budget and all("default" in p for p in case.params):
-        i = index.get(config_row_key({p["name"]: p["default"] for p in case.params}, names))  # type: ignore[arg-type]
-        if i is not None and i not in order:
-            order.append(i)
-    fill_random(order, n, budget, seed)
-    return order[:budget]
+    return _then_default_and_random(case, order, budget, seed)
 
 
 # --------------------------------------------------------------------------- cost model

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from agent.predict.model_files import COST_MODEL_FILE, STUDENT_FILE, TEACHER_FILE
+from agent.predict.model_files import write_json as _write_json
 from agent.predict.vocab import vocabulary
 from agent.train.baselines import order_metrics
 from agent.train.cases import Case, load_cases
@@ -151,10 +152,12 @@ def train_and_export(datasets: Sequence[str], out_dir: str | Path, run: TrainRun
     return metrics
 
 
-def _write_json(path: Path, data: Any) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+def _merge_metrics(out: Path, key: str, entry: dict[str, Any]) -> None:
+    """Set ``metrics.json``'s ``key`` to ``entry``, keeping the rest of the file."""
+    path = out / "metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    metrics[key] = entry
+    _write_json(path, metrics)
 
 
 def train_cost_model(datasets: Sequence[str], out_dir: str | Path, *, seed: int = 0,
@@ -180,10 +183,7 @@ def train_cost_model(datasets: Sequence[str], out_dir: str | Path, *, seed: int 
     entry = {"file": COST_MODEL_FILE, "file_kb": round(path.stat().st_size / 1024, 1), "cases": len(cases),
              "trees": int(model.n_estimators), "seed": seed, "onnx_vs_lightgbm_max_abs": worst,
              "train_s": round(time.monotonic() - started, 1)}
-    metrics_path = out / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
-    metrics["cost_model"] = entry
-    _write_json(metrics_path, metrics)
+    _merge_metrics(out, "cost_model", entry)
     log(f"wrote {path} ({entry['file_kb']} KB, {entry['trees']} trees) in {entry['train_s']:.0f} s")
     return entry
 
@@ -202,9 +202,6 @@ def write_reuse_index(datasets: Sequence[str], out_dir: str | Path, *, log: Call
     index.save(out / REUSE_FILE)
     entry = {"file": REUSE_FILE, "cases": len(index.cases), "kernels": sorted(index.kernels),
              "file_kb": round((out / REUSE_FILE).stat().st_size / 1024, 1)}
-    metrics_path = out / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
-    metrics["reuse"] = entry
-    _write_json(metrics_path, metrics)
+    _merge_metrics(out, "reuse", entry)
     log(f"wrote {out / REUSE_FILE} ({entry['cases']} cases, {entry['file_kb']} KB)")
     return entry
