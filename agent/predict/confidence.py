@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelFileError
-from agent.predict.model_files import CONFIDENCE_FILE, write_json
+from agent.predict.model_files import CONFIDENCE_FILE, read_model_file, write_json
 from agent.predict.ranking import RankingFeatures
 
 __all__ = ["CONFIDENCE_FILE", "Calibration"]
@@ -52,7 +52,7 @@ class Calibration:
         """Read a calibration file; a missing or malformed one is a one-line ModelFileError."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_model_file(path, 1 << 20))
             coefficients = tuple(float(c) for c in data["coefficients"])
             if len(coefficients) != 3:
                 raise ValueError(f"{len(coefficients)} coefficients, expected 3")
@@ -62,8 +62,10 @@ class Calibration:
                               validation=dict(data.get("validation", {})))
         except FileNotFoundError:
             raise ModelFileError(f"{path}: no such calibration file") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ModelFileError(f"{path}: not a valid calibration file ({type(exc).__name__}: {exc})") from None
-        if not 0.0 <= calibration.threshold <= 1.0 or not all(map(math.isfinite, calibration.coefficients)):
-            raise ModelFileError(f"{path}: threshold or coefficients out of range")
+        finite = all(map(math.isfinite, (calibration.intercept, *calibration.coefficients,
+                                         calibration.agreement_default)))
+        if not 0.0 <= calibration.threshold <= 1.0 or not finite:
+            raise ModelFileError(f"{path}: threshold, intercept or coefficients out of range")
         return calibration

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat as stat_module
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from agent.settings import default_models_dir
 
 __all__ = ["CONFIDENCE_FILE", "COST_MODEL_FILE", "POLICY_FILE", "REUSE_FILE", "STUDENT_FILE", "TEACHER_FILE",
-           "model_version", "write_json"]
+           "model_version", "read_model_file", "write_json"]
 
 STUDENT_FILE = "edgetune-student-q4_0.gguf"
 TEACHER_FILE = "edgetune-teacher-q8_0.gguf"
@@ -44,6 +45,9 @@ def model_version(model_dir: str | os.PathLike[str] | None = None) -> str | None
         try:
             stat = (folder / name).stat()
         except OSError:
+            stamps.append((name, -1, -1))
+            continue
+        if not stat_module.S_ISREG(stat.st_mode):  # a FIFO or a device would hang the hash: not a model file
             stamps.append((name, -1, -1))
             continue
         stamps.append((name, stat.st_size, stat.st_mtime_ns))
@@ -72,3 +76,19 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(partial, path)
+
+
+def read_model_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a model folder's small file, at most ``limit`` of them.
+
+    Raises FileNotFoundError when it is missing, and OSError naming the problem when it is not a regular
+    file (a FIFO or ``/dev/zero`` would hang or fill memory) or is larger than ``limit``.
+    """
+    path = Path(path)
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as handle:
+        if not stat_module.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError("not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"larger than {limit} bytes")
+    return data

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelFileError
-from agent.predict.model_files import POLICY_FILE, write_json
+from agent.predict.model_files import POLICY_FILE, read_model_file, write_json
 from agent.predict.prompt import HardwareDesc
 from agent.predict.reuse import ReuseIndex, same_hardware
 
 __all__ = ["POLICY_FILE", "SITUATIONS", "SOURCES", "Policy", "situation_of"]
 
+MAX_POLICY_BYTES = 1 << 20
 GOOD = 0.95  # best-of-5 at least this share of the optimum: the confidence's "good" (agent.predict.confidence)
 SOURCES = ("model", "reuse", "cost-model", "random")
 # situation -> the evaluation splits that ask its question
@@ -103,12 +104,16 @@ class Policy:
         """Read ``policy.json``; a malformed one (or an unknown source) is a one-line ModelFileError."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_model_file(path, MAX_POLICY_BYTES))
             choices = {str(k): str(v) for k, v in data["choices"].items()}
-            evidence = dict(data.get("evidence", {}))
+            evidence = {str(k): dict(v) for k, v in data.get("evidence", {}).items()}
+            for situation, e in evidence.items():
+                for name, value in e.get("good", {}).items():
+                    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                        raise ValueError(f"good share of {name} in {situation} is {value!r}, not within [0, 1]")
         except FileNotFoundError:
             raise ModelFileError(f"{path}: no such policy file") from None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ModelFileError(f"{path}: not a valid policy file ({type(exc).__name__}: {exc})") from None
         unknown = sorted({v for v in choices.values() if v not in SOURCES}
                          | {k for k in choices if k not in SITUATIONS})

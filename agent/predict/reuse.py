@@ -15,6 +15,7 @@ the evaluation reports is the one the device gets.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from typing import Any
 
 from agent.errors import ModelFileError
 from agent.kernels.space import Config, config_key
-from agent.predict.model_files import REUSE_FILE
+from agent.predict.model_files import REUSE_FILE, read_model_file
 from agent.predict.prompt import HardwareDesc
 
 __all__ = ["REUSE_FILE", "UNKNOWN_FIELD", "MeasuredCase", "ReuseIndex", "case_distance", "hardware_distance",
@@ -37,6 +38,8 @@ _NUMERIC = (*_STRUCTURAL, "bandwidth_gbs")
 MIN_SHARED_FIELDS = 3  # structural fields both descriptions must know to call them the same device
 BANDWIDTH_SLACK = 0.25  # measured bandwidths of one kind of device differ from run to run
 _CATEGORICAL = ("isa", "vendor", "architecture")
+MAX_FILE_BYTES = 16 << 20  # the shipped index is 14 KB; a fleet's could be larger, never this
+MAX_INDEX_BYTES = 64 << 20  # unpacked (the shipped one: under 1 MB)
 KEEP_PER_CASE = 16  # measured configurations kept per known case: the reuse prior never needs more
 
 
@@ -143,15 +146,16 @@ class ReuseIndex:
     def load(cls, path: Path) -> ReuseIndex:
         """Read an index written by :meth:`save`; ModelFileError naming the file when it is unusable."""
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as handle:
-                data = json.load(handle)
-            cases = [MeasuredCase(kernel=c["kernel"], shape=dict(c["shape"]), hardware=HardwareDesc(**c["hardware"]),
-                                  ranked=tuple(dict(r) for r in c["ranked"]), source=c["source"])
-                     for c in data["cases"]]
-        except FileNotFoundError as exc:
-            raise ModelFileError(f"{path}: no measured rankings to reuse") from exc
-        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
-            raise ModelFileError(f"{path}: not a reuse index ({exc})") from exc
+            with gzip.GzipFile(fileobj=io.BytesIO(read_model_file(path, MAX_FILE_BYTES))) as handle:
+                text = handle.read(MAX_INDEX_BYTES + 1)
+            if len(text) > MAX_INDEX_BYTES:
+                raise ValueError(f"unpacks to more than {MAX_INDEX_BYTES} bytes")
+            data = json.loads(text)
+            cases = [_measured_case(c) for c in data["cases"]]
+        except FileNotFoundError:
+            raise ModelFileError(f"{path}: no measured rankings to reuse") from None
+        except (OSError, ValueError, KeyError, TypeError, EOFError, AttributeError, RecursionError) as exc:
+            raise ModelFileError(f"{path}: not a reuse index ({type(exc).__name__}: {exc})") from None
         return cls(cases)
 
     def save(self, path: Path) -> None:
@@ -169,6 +173,35 @@ class ReuseIndex:
     def ranking(self, kernel: str, hardware: HardwareDesc, shape: Mapping[str, int], *,
                 valid: Callable[[Config], bool] | None = None, limit: int = 32) -> list[tuple[Config, MeasuredCase]]:
         return reuse_ranking(self.cases, kernel, hardware, shape, valid=valid, limit=limit)
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _measured_case(data: Mapping[str, Any]) -> MeasuredCase:
+    """One case of the index file, its types checked (a wrong one is a TypeError naming the field)."""
+    hardware = dict(data["hardware"])
+    for name, value in hardware.items():
+        if name in _NUMERIC:
+            if value is not None and not _positive_number(value):
+                raise TypeError(f"hardware field {name!r} is {value!r}, not a positive number")
+        elif name in (*_CATEGORICAL, "kind"):
+            if not isinstance(value, str) and not (value is None and name != "kind"):
+                raise TypeError(f"hardware field {name!r} is {value!r}, not text")
+        else:
+            raise TypeError(f"unknown hardware field {name!r}")
+    shape = dict(data["shape"])
+    if not all(isinstance(k, str) and isinstance(v, int) and _positive_number(v) for k, v in shape.items()):
+        raise TypeError(f"shape {shape!r} is not dimension names and positive integers")
+    ranked = tuple(dict(r) for r in data["ranked"])
+    if not all(isinstance(k, str) and isinstance(v, (int, float, str)) and not isinstance(v, bool)
+               for r in ranked for k, v in r.items()):
+        raise TypeError("a configuration is not parameter names and values")
+    if not isinstance(data["kernel"], str) or not isinstance(data["source"], str):
+        raise TypeError("kernel and source must be text")
+    return MeasuredCase(kernel=data["kernel"], shape=shape, hardware=HardwareDesc(**hardware), ranked=ranked,
+                        source=data["source"])
 
 
 def _plain(value: Any) -> Any:

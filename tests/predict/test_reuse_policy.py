@@ -236,3 +236,57 @@ def test_another_compile_target_is_an_unseen_device_and_a_new_kernel_an_unseen_k
         differing = [sum(a != b for a, b in zip(first[0].config.values(), c.config.values(), strict=True))
                      for c in first[1:]]
         assert max(differing) >= 2
+
+
+# -- hostile model files: a one-line refusal, never a hang or a crash later ------------------------
+@pytest.mark.parametrize("name", [REUSE_FILE, POLICY_FILE, "confidence.json"])
+def test_a_model_file_that_is_a_fifo_or_a_device_is_refused_at_once(tmp_path, name) -> None:
+    import os
+
+    from agent.predict.confidence import Calibration
+    from agent.predict.model_files import model_version
+
+    loaders = {REUSE_FILE: ReuseIndex.load, POLICY_FILE: Policy.load, "confidence.json": Calibration.load}
+    fifo = tmp_path / "fifo" / name
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        loaders[name](fifo)
+    device = tmp_path / "device" / name
+    device.parent.mkdir()
+    device.symlink_to("/dev/zero")  # reading it would never end
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        loaders[name](device)
+    # The model version (status, the hook) hashes the folder's files: it must not hang on them either.
+    shutil.copyfile(MODELS / "edgetune-student-q4_0.gguf", fifo.parent / "edgetune-student-q4_0.gguf")
+    assert model_version(fifo.parent) is not None
+
+
+def test_a_reuse_index_with_wrong_types_is_refused_by_field(tmp_path) -> None:
+    good = {"kernel": "gemm", "shape": {"M": 64}, "source": "a", "ranked": [{"TILE": 16}],
+            "hardware": {"kind": "cpu", "cores": 4, "l2_bytes": 1048576}}
+    bad = {"hardware": {**good["hardware"], "cores": "four"}, "shape": {"M": "abc"},
+           "ranked": [{"TILE": True}], "kernel": 7}
+    import json
+
+    for field, value in bad.items():
+        path = tmp_path / f"{field}.json.gz"
+        path.write_bytes(gzip.compress(json.dumps({"cases": [{**good, field: value}]}).encode()))
+        with pytest.raises(ModelFileError, match=f"{field}.json.gz: not a reuse index"):
+            ReuseIndex.load(path)
+    bomb = tmp_path / "bomb.json.gz"  # 80 MB of blanks packed small: refused at the unpacked limit
+    bomb.write_bytes(gzip.compress(b" " * (80 << 20), compresslevel=1))
+    with pytest.raises(ModelFileError, match="unpacks to more than"):
+        ReuseIndex.load(bomb)
+
+
+def test_nan_or_out_of_range_numbers_in_policy_or_calibration_are_refused(tmp_path) -> None:
+    from agent.predict.confidence import Calibration
+
+    (tmp_path / "p.json").write_text('{"choices": {"seen": "reuse"}, "evidence": {"seen": {"good": {"reuse": NaN}}}}')
+    with pytest.raises(ModelFileError, match="not within"):
+        Policy.load(tmp_path / "p.json")
+    (tmp_path / "c.json").write_text('{"intercept": NaN, "coefficients": [1, 1, 1], "threshold": 0.5, '
+                                     '"use_cost_model": true}')
+    with pytest.raises(ModelFileError, match="out of range"):
+        Calibration.load(tmp_path / "c.json")
