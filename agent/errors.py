@@ -17,6 +17,7 @@ boundary where they happen, with ``raise XError(msg) from exc``::
     ├── FleetError           the fleet service or its database refused, or cannot be reached
     │   └── IdempotencyConflict  an Idempotency-Key was used before with a different batch
     ├── WorkerError          the benchmark worker could not be started
+    ├── NoValidConfiguration a tuning ended with every configuration failed (each run stored with its reason)
     ├── DatasetError         a dataset folder is missing, of an unknown version, or damaged
     ├── ImportFileError      a file cannot be imported (Kernel Tuner cache, T4 file, dataset)
     ├── ModelFileError       a model file is missing, not a GGUF, truncated, or of another vocabulary
@@ -39,6 +40,7 @@ __all__ = [
     "ImportFileError",
     "KernelNotFound",
     "ModelFileError",
+    "NoValidConfiguration",
     "ProbeError",
     "PullError",
     "RankBusy",
@@ -103,6 +105,10 @@ class IdempotencyConflict(FleetError):
 
 class WorkerError(EdgetuneError):
     """The isolated benchmark worker could not be started or speaks nonsense."""
+
+
+class NoValidConfiguration(EdgetuneError):
+    """A tuning ended without a winner: every configuration it tried, the default too, failed."""
 
 
 class DatasetError(EdgetuneError):

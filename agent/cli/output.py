@@ -113,9 +113,7 @@ def print_tune_result(result: Any) -> None:
                   f"{result.evaluations} evaluations ({outcomes}) in {result.wall_s:.1f} s "
                   f"[dim](tuning #{result.tuning_id}, strategy {result.strategy}, budget {result.budget})[/]")
     if winner is None:
-        console.print("[red]No valid configuration found[/]: see `edgetune runs --tuning "
-                      f"{result.tuning_id}` for the reasons.")
-        return
+        return  # the command ends with the one-line error that says so
     rate = f", {result.gflops:.1f} GFLOP/s" if result.gflops else ""
     console.print(f"winner: [bold green]{winner.key}[/]  median {seconds(winner.median_s)}{rate}")
     if result.default is not None and result.speedup is not None:

@@ -16,6 +16,7 @@ from agent.cli.output import emit, human
 from agent.cli.output import print_tune_result as _print_tune_result
 from agent.cli.output import progress as _progress
 from agent.cli.root import Context
+from agent.errors import NoValidConfiguration
 from agent.settings import CANDIDATE_TIMEOUT_S, Settings
 from agent.telemetry import STATUSES
 
@@ -149,8 +150,12 @@ def tune(obj: Context, kernel: str, shape: str | None, strategy: str, budget: st
         click.echo(f"warning: {note}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
-        return
-    _print_tune_result(result)
+    else:
+        _print_tune_result(result)
+    if result.winner is None:
+        failed = ", ".join(f"{n} {s}" for s, n in sorted(result.outcomes.items())) or "nothing evaluated"
+        raise NoValidConfiguration(f"no valid configuration of {result.kernel} at {result.shape} ({failed}); the "
+                                   f"reasons are in `edgetune runs --tuning {result.tuning_id}`")
 
 
 def _cloud_settings(settings: Settings, url: str | None, kind: str | None) -> Any:
