@@ -147,12 +147,14 @@ class ModelStrategy(Strategy):
     def _ask_cloud(self, account: _Account, predictor: Predictor, space: Space, profile: dict[str, Any],
                    prediction: Prediction) -> list[tuple[Config, str]]:
         """The ranking to benchmark: the local one, merged with the cloud's when it was asked and answered."""
-        # The policy's picks (reuse, cost model: sources that beat the model in this situation) stay first;
-        # the cloud re-ranks only the student's own candidates.
-        picks = [(c.config, c.source) for c in prediction.candidates if c.logp is None]
+        # The policy's picks (reuse, cost model: sources that beat the model in this situation) come first.
+        picks = prediction.source != "model"
         local = [(c.config, c.logp) for c in prediction.candidates if c.logp is not None]
         cloud_settings = self.options.cloud
-        if prediction.confident or cloud_settings is None:
+        if picks and cloud_settings is not None and not prediction.confident:
+            # The cloud would only re-rank what comes after the picks, past the first batch: not worth its deadline.
+            account.cloud = f"not asked: {prediction.source} ranks first when {prediction.situation}"
+        if prediction.confident or cloud_settings is None or picks:
             if cloud_settings is None and not prediction.confident:
                 account.cloud = "not configured"
             return [(c.config, c.source) for c in prediction.candidates]
@@ -173,9 +175,7 @@ class ModelStrategy(Strategy):
             account.notes.append(f"cloud not used: {client.last_error}")
             return [(c.config, c.source) for c in prediction.candidates]
         account.cloud = f"answered: {len(answer.configs)} configurations from {answer.model}"
-        taken = {config_key(c) for c, _ in picks}
-        return picks + [(dict(config), source) for config, _, source in merge_rankings(local, answer)
-                        if config_key(config) not in taken]
+        return [(dict(config), source) for config, _, source in merge_rankings(local, answer)]
 
 
 def _profile_dict(evaluator: Evaluator) -> dict[str, Any]:

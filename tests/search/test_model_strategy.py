@@ -211,3 +211,26 @@ def test_a_models_folder_without_cost_model_or_calibration_still_predicts(tmp_pa
     assert prediction.confidence is None and not prediction.confident and not prediction.cost_model_used
     assert any("calibration" in w for w in predictor.warnings)
     assert any(COST_MODEL_FILE in w for w in predictor.warnings)
+
+
+@pytest.mark.slow
+def test_a_new_kernel_is_ranked_by_the_policys_source_and_the_cloud_is_not_waited_for(store, profile, backend,
+                                                                                     cache_dir, tmp_path):
+    # A user's kernel nothing measured (the built-in layernorm under another name): the unseen-kernel situation.
+    folder = tmp_path / "my_layernorm"
+    shutil.copytree(ROOT / "agent" / "kernels" / "builtin" / KERNEL, folder)
+    toml = folder / "kernel.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace(f'name = "{KERNEL}"', 'name = "my_layernorm"', 1),
+                    encoding="utf-8")
+    problem = parse_shape(find_kernel(str(toml)), SHAPE)
+    cloud = CloudSettings(url="http://127.0.0.1:9", timeout_s=1.5)  # nothing listens: asking would cost its timeout
+    model = ModelOptions(models=MODELS, cloud=cloud, state_dir=tmp_path)
+    result = tune(problem, profile=profile, store=store, backend=backend, cache_dir=cache_dir,
+                  options=TuneOptions(strategy="model", strategy_options=model, measure=QUICK))
+    assert result.situation == "unseen-kernel" and result.winner is not None and result.evaluations == 5
+    policy = json.loads((MODELS / "policy.json").read_text())
+    assert result.ranked_by == policy["choices"]["unseen-kernel"]
+    if result.ranked_by != "model":
+        assert result.cloud.startswith("not asked") and result.timings["cloud_s"] == 0
+        searched = {r["source"] for r in store.runs(tuning_id=result.tuning_id, limit=50)}
+        assert searched == {"default", result.ranked_by}
