@@ -36,7 +36,7 @@ import numpy as np
 
 from agent.train import baselines
 from agent.train.cases import Case, load_cases
-from agent.train.splits import HELD_OUT_TARGET, held_out_shapes
+from agent.train.splits import make_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = [str(p) for p in sorted((ROOT / "models" / "data").iterdir()) if p.is_dir()]
@@ -55,14 +55,10 @@ def folds(cases: Sequence[Case], splits: Sequence[str]) -> list[tuple[str, str, 
         for kernel in sorted({c.kernel for c in cases if c.kind == "cpu"}):
             test = [c for c in cases if c.kind == "cpu" and c.kernel == kernel]
             out.append(("kernel-loo", kernel, [c for c in cases if c not in test], test))
-    held = held_out_shapes(cases)
-    in_shape = [c for c in cases if c.kind == "cpu" and held.get(c.kernel) == c.shape_key]
-    in_simd = [c for c in cases if c.kind == "cpu" and c.target == HELD_OUT_TARGET]
-    known = [c for c in cases if c not in in_shape and c not in in_simd]
-    if "shape" in splits:
-        out.append(("shape", "shape", known, [c for c in in_shape if c.target != HELD_OUT_TARGET]))
-    if "simd" in splits:
-        out.append(("simd", "simd", known, [c for c in in_simd if held.get(c.kernel) != c.shape_key]))
+    shape_simd = next(f for f in make_folds(cases) if f.name == "shape+simd")  # the eval's own fold
+    for split in ("shape", "simd"):
+        if split in splits:
+            out.append((split, split, shape_simd.train, shape_simd.tests[split]))
     return out
 
 

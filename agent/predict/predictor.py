@@ -105,10 +105,6 @@ class _Problem:
     allowed: tuple[tuple[int, ...], ...]
 
 
-def spec_name(space: Space) -> str:
-    return space.problem.spec.name
-
-
 class Predictor:
     """The student model, the cost model and the calibration, loaded once."""
 
@@ -214,7 +210,7 @@ class Predictor:
         features = ranking_features(logp, cost)
         confidence = self.calibration.probability(features) if self.calibration else None
         ranked = [(dict(configs[i]), float(logp[i]), "local") for i in order.tolist()]
-        situation = situation_of(self.reuse, spec_name(space), problem.hardware)
+        situation = situation_of(self.reuse, space.problem.spec.name, problem.hardware)
         source = self.policy.source(situation)
         picks = self._picks(source, space, problem, max(1, width // 2))  # half the list stays the student's
         if picks is None:
@@ -240,7 +236,7 @@ class Predictor:
     def _picks(self, source: str, space: Space, problem: _Problem, count: int) -> list[Config] | None:
         """The first ``count`` candidates when ``source`` is not the model; None where it has nothing to offer."""
         if source == "reuse" and self.reuse is not None:
-            found = self.reuse.ranking(spec_name(space), problem.hardware, problem.shape,
+            found = self.reuse.ranking(space.problem.spec.name, problem.hardware, problem.shape,
                                        valid=lambda c: config_key(c) in problem.keys, limit=count)
             return [c for c, _ in found] or None
         if source == "cost-model" and self.cost is not None:
